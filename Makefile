@@ -1,0 +1,39 @@
+# Everything runs from .venv, which `make install` creates from pyproject.toml.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev tools
+
+run: $(STAMP) ## serve on 127.0.0.1:8000 (embedded Postgres unless DATABASE_URL is set)
+	$(BIN)/orbit-exports serve
+
+migrate: $(STAMP) ## apply migrations to DATABASE_URL (or the embedded Postgres)
+	$(BIN)/orbit-exports migrate
+
+lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict app
+	$(BIN)/ruff check app tests migrations
+	$(BIN)/ruff format --check app tests migrations
+	$(BIN)/mypy app
+
+test: $(STAMP) lint ## lint, then the whole test suite
+	$(BIN)/pytest -q
+
+format: $(STAMP) ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format app tests migrations
+	$(BIN)/ruff check --fix app tests migrations
+
+.PHONY: help install run migrate lint test format

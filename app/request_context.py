@@ -1,0 +1,78 @@
+"""Per-request identity: the request id, the envelope's `meta`, and the common response headers."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from app.exports.schemas import ApiMeta
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Caller-chosen ids end up in logs and response headers: only a short, plain token is echoed,
+# anything else (newlines, control characters, very long values) is replaced by our own id.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+
+# Responses may carry a signed URL or describe a tenant's data: no cache may keep them.
+_STATIC_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def choose_request_id(raw: str | None) -> str:
+    if raw is not None and _SANE_REQUEST_ID.fullmatch(raw):
+        return raw
+    return str(uuid.uuid4())
+
+
+def request_id(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
+        request.state.request_id = rid
+    return str(rid)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def envelope_meta(request: Request) -> ApiMeta:
+    from app.exports.schemas import ApiMeta
+
+    return ApiMeta(timestamp=utc_now(), request_id=request_id(request))
+
+
+def response_headers(request: Request) -> dict[str, str]:
+    return {**_STATIC_HEADERS, REQUEST_ID_HEADER: request_id(request)}
+
+
+class RequestContextMiddleware:
+    """Assigns the request id before anything else runs and stamps the common headers.
+
+    Pure ASGI rather than BaseHTTPMiddleware: it adds no task hop per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        headers_to_add = response_headers(request)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in headers_to_add.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,31 @@
+"""The long-lived objects one app instance holds, made in the lifespan and read by dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+
+if TYPE_CHECKING:
+    from app.auth import JwtVerifier
+    from app.storage import DownloadSigner
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    engine: AsyncEngine
+    # Same pool, AUTOCOMMIT: a lone SELECT costs one round trip, with no BEGIN/ROLLBACK around it.
+    read_engine: AsyncEngine
+    jwt_verifier: JwtVerifier
+    signer: DownloadSigner | None
+
+
+def app_state(request: Request) -> AppState:
+    state = request.app.state.orbit
+    assert isinstance(state, AppState)
+    return state

@@ -1,0 +1,228 @@
+"""Signed download URLs for exports stored in Backblaze B2, through b2sdk.
+
+b2sdk is synchronous, so every call runs on a small bounded thread pool with a hard deadline;
+the event loop never waits on B2 and a slow B2 costs a request at most STORAGE_TIMEOUT_SECONDS.
+The account is authorized once per process (in the background at start) and re-authorized
+under a lock well before its 24-hour token expires, so concurrent requests never stampede.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import requests
+from b2sdk.v2 import B2Api, B2Http, B2HttpApiConfig, B2Session, InMemoryAccountInfo, InMemoryCache
+from b2sdk.v2.exception import B2Error
+from requests.adapters import HTTPAdapter
+
+from app.config import Settings
+from app.errors import StorageUnavailable
+from app.request_context import utc_now
+
+logger = logging.getLogger("app.storage")
+
+
+class _BoundedB2Http(B2Http):  # type: ignore[misc]
+    """b2sdk tries a failing call up to 5 times (20 for data) with growing sleeps in between;
+    past our deadline nobody waits for the answer, so one retry is all we allow."""
+
+    MAX_TRIES = 2
+
+    @classmethod
+    def _translate_and_retry(
+        cls, fcn: Callable[[], Any], try_count: int, post_params: dict[str, Any] | None = None
+    ) -> Any:
+        return super()._translate_and_retry(fcn, min(try_count, cls.MAX_TRIES), post_params)
+
+
+class _BoundedB2Session(B2Session):  # type: ignore[misc]
+    B2HTTP_CLASS = staticmethod(_BoundedB2Http)
+
+
+class _BoundedB2Api(B2Api):  # type: ignore[misc]
+    SESSION_CLASS = staticmethod(_BoundedB2Session)
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """Caps b2sdk's per-request timeouts (about 48 s to connect, 128 s to read) to our deadline."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        return super().send(
+            request,
+            stream=stream,
+            timeout=(self._timeout, self._timeout),
+            verify=verify,
+            cert=cert,
+            proxies=proxies,
+        )
+
+
+def _http_session(timeout: float) -> requests.Session:
+    session = requests.Session()
+    adapter = _DeadlineAdapter(timeout)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def content_disposition(file_name: str) -> str:
+    """`attachment` named after the file's last path segment (RFC 6266, with a UTF-8 form)."""
+    base = file_name.rsplit("/", 1)[-1] or "export.csv"
+    fallback = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in base)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != base:
+        value += f"; filename*=UTF-8''{quote(base, safe='')}"
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDownload:
+    url: str
+    expires_at: datetime
+    ttl_seconds: int
+
+
+class DownloadSigner:
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
+        assert settings.b2_application_key_id and settings.b2_application_key
+        self._key_id = settings.b2_application_key_id
+        self._key = settings.b2_application_key
+        self._realm = settings.b2_realm
+        self._ttl = settings.export_url_ttl_seconds
+        self._timeout = settings.storage_timeout_seconds
+        self._reauthorize_after = settings.b2_reauthorize_after_seconds
+        self._clock = clock
+        self._api = _BoundedB2Api(
+            InMemoryAccountInfo(),
+            cache=InMemoryCache(),
+            api_config=B2HttpApiConfig(
+                http_session_factory=partial(_http_session, self._timeout),
+                user_agent_append="orbit-exports",
+            ),
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.storage_max_threads, thread_name_prefix="b2"
+        )
+        self._auth_lock = threading.Lock()
+        self._authorized_at: float | None = None
+
+    # --- runs on the B2 thread pool -------------------------------------------------------
+
+    def _authorize(self, force: bool = False) -> None:
+        with self._auth_lock:
+            fresh = (
+                self._authorized_at is not None
+                and time.monotonic() - self._authorized_at < self._reauthorize_after
+            )
+            if fresh and not force:
+                return
+            self._api.authorize_account(self._realm, self._key_id, self._key.get_secret_value())
+            self._authorized_at = time.monotonic()
+            logger.info("authorized with B2")
+
+    def _ensure_authorized(self) -> None:
+        authorized_at = self._authorized_at
+        if authorized_at is None or time.monotonic() - authorized_at >= self._reauthorize_after:
+            self._authorize()
+
+    def _mint(self, bucket_name: str, file_name: str, ttl: int, deadline: float) -> str:
+        if time.monotonic() > deadline:
+            # Queued behind slower calls past the caller's deadline: nobody waits for this now.
+            raise TimeoutError
+        self._ensure_authorized()
+        bucket = self._api.get_bucket_by_name(bucket_name)
+        session = self._api.session
+        # The public Bucket.get_download_authorization cannot pass b2ContentDisposition, so the
+        # call goes through b2sdk's session: same HTTP path, retries and re-authorization.
+        response = session._wrap_default_token(
+            lambda api_url, account_auth_token: session.raw_api._post_json(
+                api_url,
+                "b2_get_download_authorization",
+                account_auth_token,
+                bucketId=bucket.id_,
+                fileNamePrefix=file_name,
+                validDurationInSeconds=ttl,
+                b2ContentDisposition=content_disposition(file_name),
+            )
+        )
+        return str(response["authorizationToken"])
+
+    # --- event loop side ------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self._timeout
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, partial(fn, *args, deadline)), self._timeout
+            )
+        except TimeoutError:
+            logger.warning("B2 call exceeded %.1fs deadline", self._timeout)
+            raise StorageUnavailable() from None
+        except B2Error as exc:
+            logger.warning("B2 call failed: %s", type(exc).__name__)
+            raise StorageUnavailable() from None
+        except (requests.RequestException, OSError, ValueError, KeyError) as exc:
+            logger.warning("B2 call failed: %s", type(exc).__name__)
+            raise StorageUnavailable() from None
+
+    async def sign(
+        self, bucket_name: str, file_name: str, not_after: datetime | None
+    ) -> SignedDownload:
+        """Mint a download URL for exactly `file_name`, valid for the configured TTL but never
+        past `not_after`. The reported expiry is computed from a clock read *before* minting,
+        so it is never later than the token's real expiry."""
+        now = self._clock()
+        ttl = self._ttl
+        if not_after is not None:
+            ttl = min(ttl, math.floor((not_after - now).total_seconds()))
+        if ttl < 1:
+            raise ValueError("no time left to sign a URL for")
+        token = await self._call(self._mint, bucket_name, file_name, ttl)
+        url = self._api.get_download_url_for_file_name(bucket_name, file_name)
+        query = urlencode(
+            {"Authorization": token, "b2ContentDisposition": content_disposition(file_name)},
+            quote_via=quote,
+        )
+        return SignedDownload(
+            url=f"{url}?{query}", expires_at=now + timedelta(seconds=ttl), ttl_seconds=ttl
+        )
+
+    def start(self) -> None:
+        """Authorize in the background so the first request does not pay for it."""
+        future = self._executor.submit(self._authorize)
+        future.add_done_callback(_log_background_failure)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _log_background_failure(future: Any) -> None:
+    exc = future.exception()
+    if exc is not None:
+        logger.warning(
+            "B2 authorization at start failed (%s); will retry on demand", type(exc).__name__
+        )

@@ -1,0 +1,85 @@
+"""Table definitions (SQLAlchemy Core). The schema itself is made by the Alembic migrations;
+these mirror them so queries are typed and `alembic check` can catch drift."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+EXPORT_STATUSES = ("processing", "completed", "failed")
+
+# Owned by the wider platform: names and types are fixed by the export pipeline that writes it.
+intent_audience_exports = Table(
+    "intent_audience_exports",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("organization_id", Uuid, nullable=False),
+    Column("audience_id", Uuid, nullable=False),
+    Column("run_id", Uuid, nullable=False),
+    Column("export_type", Text, nullable=False, server_default="csv"),
+    Column("status", Text, nullable=False),
+    Column("storage_provider", Text, nullable=False, server_default="b2"),
+    Column("bucket_name", Text),
+    Column("file_id", Text),
+    Column("file_name", Text),
+    Column("content_type", Text, nullable=False, server_default="text/csv"),
+    Column("byte_size", BigInteger, nullable=False, server_default="0"),
+    Column("row_count", Integer, nullable=False, server_default="0"),
+    Column("content_sha1", Text),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("requested_by", Uuid),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("export_type IN ('csv')", name="export_type"),
+    CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
+    CheckConstraint("storage_provider IN ('b2')", name="storage_provider"),
+    CheckConstraint("byte_size >= 0", name="byte_size_non_negative"),
+    CheckConstraint("row_count >= 0", name="row_count_non_negative"),
+    # A completed export must say where its file is, or no URL can be signed for it.
+    CheckConstraint(
+        "status <> 'completed' OR (bucket_name IS NOT NULL AND file_name IS NOT NULL)",
+        name="completed_has_file",
+    ),
+    Index(None, "organization_id", "audience_id", "run_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("organization_id", Uuid, nullable=False),
+    Column("name", Text, nullable=False),
+    # First characters of the key, kept in clear so people can tell their keys apart.
+    Column("prefix", Text, nullable=False),
+    # SHA-256 of the whole key (hex). Keys carry 256 bits of entropy, so a fast hash is enough.
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index(None, "organization_id"),
+)

@@ -1,0 +1,139 @@
+"""X-API-Key authentication, header rules and the 401 envelope."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from app.api_keys import generate_key, hash_key, revoke_api_key
+from app.tables import api_keys
+from tests.conftest import Tenant, World, bearer, key_headers
+
+
+def assert_unauthorized(response: httpx.Response, *, mentions: str | None = None) -> None:
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    error = response.json()["error"]
+    assert error["code"] == "UNAUTHORIZED"
+    if mentions:
+        assert mentions in error["message"]
+
+
+async def test_no_credentials_is_401(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    assert_unauthorized(await client.get(tenant.path(uuid.uuid4())))
+
+
+async def test_no_credentials_is_401_even_with_malformed_path(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/intent/audiences/nope/runs/1/exports/%00")
+    assert_unauthorized(response)
+
+
+async def test_unknown_key_is_401(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await client.get(tenant.path(uuid.uuid4()), headers=key_headers(generate_key()))
+    assert_unauthorized(response)
+
+
+async def test_key_without_sk_prefix_is_401(
+    client: httpx.AsyncClient, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org)
+    response = await client.get(tenant.path(uuid.uuid4()), headers=key_headers(key[3:]))
+    assert_unauthorized(response)
+
+
+async def test_revoked_key_is_401(client: httpx.AsyncClient, world: World, tenant: Tenant) -> None:
+    export = await world.export(tenant, status="processing")
+    key = await world.api_key(tenant.org)
+    assert (
+        await client.get(tenant.path(export["id"]), headers=key_headers(key))
+    ).status_code == 409
+    async with world.db.begin() as conn:
+        key_id = (
+            await conn.execute(select(api_keys.c.id).where(api_keys.c.key_hash == hash_key(key)))
+        ).scalar_one()
+        await revoke_api_key(conn, key_id)
+    assert_unauthorized(await client.get(tenant.path(export["id"]), headers=key_headers(key)))
+
+
+async def test_expired_key_is_401(client: httpx.AsyncClient, world: World, tenant: Tenant) -> None:
+    key = await world.api_key(tenant.org, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=key_headers(key)))
+
+
+async def test_key_with_future_expiry_works(
+    client: httpx.AsyncClient, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org, expires_at=datetime.now(UTC) + timedelta(days=1))
+    response = await client.get(tenant.path(uuid.uuid4()), headers=key_headers(key))
+    assert response.status_code == 404
+
+
+async def test_keys_are_stored_only_as_hashes(world: World, tenant: Tenant) -> None:
+    key = await world.api_key(tenant.org)
+    async with world.db.connect() as conn:
+        row = (
+            await conn.execute(select(api_keys).where(api_keys.c.organization_id == tenant.org))
+        ).one()
+    assert key not in [str(value) for value in row]
+    assert row.key_hash == hash_key(key)
+    assert key.startswith(row.prefix) and len(row.prefix) < len(key) // 3
+
+
+def test_keys_carry_at_least_32_bytes_of_entropy() -> None:
+    keys = {generate_key() for _ in range(100)}
+    assert len(keys) == 100
+    # 43 URL-safe base64 characters = 256 bits.
+    assert all(k.startswith("sk_") and len(k) == 3 + 43 for k in keys)
+
+
+async def test_api_key_sent_as_bearer_is_401_pointing_to_x_api_key(
+    client: httpx.AsyncClient, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org)
+    response = await client.get(tenant.path(uuid.uuid4()), headers=bearer(key))
+    assert_unauthorized(response, mentions="X-API-Key")
+    assert key not in response.text
+
+
+async def test_both_credentials_at_once_is_401(
+    client: httpx.AsyncClient, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org)
+    headers = {**key_headers(key), **bearer(world.jwt(tenant.org))}
+    assert_unauthorized(
+        await client.get(tenant.path(uuid.uuid4()), headers=headers), mentions="not both"
+    )
+
+
+async def test_repeated_api_key_header_is_401(
+    client: httpx.AsyncClient, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org)
+    headers = [("X-API-Key", key), ("X-API-Key", key)]
+    assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=headers))
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", "Token abc", "bearer not-a-jwt", "Bearer a.b.c"],
+)
+async def test_malformed_authorization_is_401(
+    client: httpx.AsyncClient, tenant: Tenant, authorization: str
+) -> None:
+    response = await client.get(tenant.path(uuid.uuid4()), headers={"Authorization": authorization})
+    assert_unauthorized(response)
+
+
+async def test_oversized_credentials_are_401(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    huge = "sk_" + "a" * 20_000
+    assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=key_headers(huge)))
+    assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=bearer("e" * 20_000)))
+
+
+async def test_non_ascii_api_key_is_401(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    headers = [(b"X-API-Key", "sk_é€".encode())]
+    assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=headers))

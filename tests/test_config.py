@@ -1,0 +1,82 @@
+"""Settings: accepted forms, bounds, and refusal to start with unsafe values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+
+
+def make(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d", "postgres://u:p@h/d"]
+)
+def test_database_url_accepts_both_schemes(url: str) -> None:
+    settings = make(database_url=url)
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value().startswith("postgresql+asyncpg://")
+
+
+def test_database_url_rejects_other_schemes() -> None:
+    with pytest.raises(ValidationError):
+        make(database_url="mysql://u@h/d")
+
+
+@pytest.mark.parametrize("ttl", [59, 604_801, 0, -1])
+def test_ttl_outside_60_to_604800_is_refused(ttl: int) -> None:
+    with pytest.raises(ValidationError):
+        make(export_url_ttl_seconds=ttl)
+
+
+@pytest.mark.parametrize("ttl", [60, 3600, 604_800])
+def test_ttl_bounds_are_inclusive(ttl: int) -> None:
+    assert make(export_url_ttl_seconds=ttl).export_url_ttl_seconds == ttl
+
+
+def test_algorithms_parse_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", "HS256, RS256")
+    monkeypatch.setenv("JWT_JWKS_URL", "http://127.0.0.1:1/jwks")
+    assert make().jwt_algorithms == ["HS256", "RS256"]
+
+
+@pytest.mark.parametrize("algs", ["none", "HS256,none", ""])
+def test_unknown_or_empty_algorithms_are_refused(
+    monkeypatch: pytest.MonkeyPatch, algs: str
+) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", algs)
+    with pytest.raises(ValidationError):
+        make()
+
+
+def test_asymmetric_algorithms_need_a_jwks_url() -> None:
+    with pytest.raises(ValidationError, match="JWT_JWKS_URL"):
+        make(jwt_algorithms=["RS256"])
+
+
+def test_short_jwt_secret_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 32"):
+        make(jwt_secret="short")
+
+
+def test_placeholder_secret_is_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="placeholder"):
+        make(environment="production", jwt_secret="changethis" * 4)
+
+
+def test_half_configured_b2_is_refused() -> None:
+    with pytest.raises(ValidationError, match="B2_APPLICATION_KEY"):
+        make(b2_application_key_id="id-only")
+
+
+def test_secrets_do_not_appear_in_repr() -> None:
+    settings = make(
+        jwt_secret="s" * 40, b2_application_key_id="kid", b2_application_key="b2-secret-value"
+    )
+    assert "s" * 40 not in repr(settings)
+    assert "b2-secret-value" not in repr(settings)

@@ -1,0 +1,128 @@
+"""Signing through b2sdk's real HTTP path: authorization reuse, re-authorization, deadlines,
+and B2 failures turned into 503 STORAGE_UNAVAILABLE."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.storage import content_disposition
+from tests.conftest import Emulator, MakeSettings, Tenant, World, bearer, download, free_port, serve
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """Accepts TCP connections and never answers: a B2 slower than any deadline."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+def assert_storage_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "STORAGE_UNAVAILABLE"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_account_is_authorized_once_per_process(
+    make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator
+) -> None:
+    exports = [await world.export(tenant) for _ in range(3)]
+    emulator.clear()
+    async with serve(make_settings()) as client:
+        headers = bearer(world.jwt(tenant.org))
+        for export in exports:
+            assert (await client.get(tenant.path(export["id"]), headers=headers)).status_code == 200
+    assert emulator.calls("b2_authorize_account") == 1
+    assert emulator.calls("b2_list_buckets") == 1
+    assert emulator.calls("b2_get_download_authorization") == 3
+
+
+async def test_expired_account_token_is_renewed_transparently(
+    client: httpx.AsyncClient, world: World, tenant: Tenant, emulator: Emulator
+) -> None:
+    export = await world.export(tenant)
+    headers = bearer(world.jwt(tenant.org))
+    assert (await client.get(tenant.path(export["id"]), headers=headers)).status_code == 200
+    emulator.clear()
+    emulator.advance_clock(25 * 3600)
+    try:
+        response = await client.get(tenant.path(export["id"]), headers=headers)
+    finally:
+        emulator.advance_clock(-25 * 3600)
+    assert response.status_code == 200
+    assert emulator.calls("b2_authorize_account") == 1
+    assert (await download(response.json()["data"]["downloadUrl"])).content == export["content"]
+
+
+async def test_unreachable_b2_is_503_storage_unavailable(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    export = await world.export(tenant)
+    settings = make_settings(b2_realm=f"http://127.0.0.1:{free_port()}")
+    async with serve(settings) as client:
+        started = time.monotonic()
+        response = await client.get(
+            tenant.path(export["id"]), headers=bearer(world.jwt(tenant.org))
+        )
+    assert_storage_unavailable(response)
+    assert time.monotonic() - started < 3.5
+
+
+async def test_b2_slower_than_the_deadline_is_503_within_the_deadline(
+    make_settings: MakeSettings, world: World, tenant: Tenant, blackhole: str
+) -> None:
+    export = await world.export(tenant)
+    settings = make_settings(b2_realm=blackhole, storage_timeout_seconds=0.5)
+    async with serve(settings) as client:
+        headers = bearer(world.jwt(tenant.org))
+        started = time.monotonic()
+        responses = await asyncio.gather(
+            *(client.get(tenant.path(export["id"]), headers=headers) for _ in range(3))
+        )
+        elapsed = time.monotonic() - started
+    for response in responses:
+        assert_storage_unavailable(response)
+    assert elapsed < 1.5
+
+
+async def test_wrong_b2_credentials_are_503_storage_unavailable(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    export = await world.export(tenant)
+    async with serve(make_settings(b2_application_key="wrong-key-0123456789")) as client:
+        response = await client.get(
+            tenant.path(export["id"]), headers=bearer(world.jwt(tenant.org))
+        )
+    assert_storage_unavailable(response)
+
+
+async def test_missing_bucket_is_503_storage_unavailable(
+    client: httpx.AsyncClient, world: World, tenant: Tenant
+) -> None:
+    export = await world.export(tenant, bucket_name="no-such-bucket")
+    response = await client.get(tenant.path(export["id"]), headers=bearer(world.jwt(tenant.org)))
+    assert_storage_unavailable(response)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "expected"),
+    [
+        ("exports/a/b/file.csv", 'attachment; filename="file.csv"'),
+        ("plain.csv", 'attachment; filename="plain.csv"'),
+        (
+            'we"ird;name.csv',
+            "attachment; filename=\"we_ird_name.csv\"; filename*=UTF-8''we%22ird%3Bname.csv",
+        ),
+        ("dir/", 'attachment; filename="export.csv"'),
+    ],
+)
+def test_content_disposition_is_a_safe_attachment(file_name: str, expected: str) -> None:
+    assert content_disposition(file_name) == expected
