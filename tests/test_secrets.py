@@ -1,0 +1,86 @@
+"""No API key, JWT, B2 application key or download token reaches a log line or an error body."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from app.logs import configure_logging
+from tests.conftest import (
+    B2_KEY,
+    JWT_SECRET,
+    MakeSettings,
+    World,
+    bearer,
+    free_port,
+    key_headers,
+    serve,
+)
+
+
+class Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Formatted with traceback, exactly as a log file would receive it.
+        self.lines.append(logging.Formatter("%(name)s %(message)s").format(record))
+
+
+@pytest.fixture
+def captured() -> Iterator[Capture]:
+    """The production log configuration at DEBUG, plus a handler that keeps every line."""
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    configure_logging("DEBUG")
+    handler = Capture()
+    root.addHandler(handler)
+    yield handler
+    root.handlers[:] = saved[1]
+    root.setLevel(saved[0])
+
+
+async def test_no_secret_is_logged_or_echoed(
+    make_settings: MakeSettings, world: World, captured: Capture
+) -> None:
+    tenant = world.tenant()
+    export = await world.export(tenant)
+    key = await world.api_key(tenant.org)
+    token = world.jwt(tenant.org)
+    expired = world.jwt(tenant.org, lifetime=timedelta(minutes=-5))
+    secrets = [key, token, expired, B2_KEY, JWT_SECRET]
+    bodies: list[str] = []
+
+    async with serve(make_settings(log_level="DEBUG")) as client:
+        ok = await client.get(tenant.path(export["id"]), headers=key_headers(key))
+        download_token = parse_qs(urlsplit(ok.json()["data"]["downloadUrl"]).query)[
+            "Authorization"
+        ][0]
+        for headers in (
+            bearer(key),
+            bearer(expired),
+            bearer(token + "x"),
+            {**key_headers(key), **bearer(token)},
+            key_headers(key + "x"),
+        ):
+            response = await client.get(tenant.path(uuid.uuid4()), headers=headers)
+            bodies.append(response.text)
+    broken = make_settings(b2_realm=f"http://127.0.0.1:{free_port()}", storage_timeout_seconds=0.5)
+    async with serve(broken) as client:
+        failed = await client.get(tenant.path(export["id"]), headers=bearer(token))
+        assert failed.status_code == 503
+        bodies.append(failed.text)
+
+    log = "\n".join(captured.lines)
+    assert "authorized with B2" in log or "B2" in log  # the capture really saw our loggers
+    for secret in [*secrets, download_token]:
+        assert secret not in log
+        assert secret[:-4] not in log
+        for body in bodies:
+            assert secret not in body
