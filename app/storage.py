@@ -106,7 +106,12 @@ class SignedDownload:
 
 
 class DownloadSigner:
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         assert settings.b2_application_key_id and settings.b2_application_key
         self._key_id = settings.b2_application_key_id
         self._key = settings.b2_application_key
@@ -115,6 +120,7 @@ class DownloadSigner:
         self._timeout = settings.storage_timeout_seconds
         self._reauthorize_after = settings.b2_reauthorize_after_seconds
         self._clock = clock
+        self._monotonic = monotonic
         self._api = _BoundedB2Api(
             InMemoryAccountInfo(),
             cache=InMemoryCache(),
@@ -135,17 +141,17 @@ class DownloadSigner:
         with self._auth_lock:
             fresh = (
                 self._authorized_at is not None
-                and time.monotonic() - self._authorized_at < self._reauthorize_after
+                and self._monotonic() - self._authorized_at < self._reauthorize_after
             )
             if fresh and not force:
                 return
             self._api.authorize_account(self._realm, self._key_id, self._key.get_secret_value())
-            self._authorized_at = time.monotonic()
+            self._authorized_at = self._monotonic()
             logger.info("authorized with B2")
 
     def _ensure_authorized(self) -> None:
         authorized_at = self._authorized_at
-        if authorized_at is None or time.monotonic() - authorized_at >= self._reauthorize_after:
+        if authorized_at is None or self._monotonic() - authorized_at >= self._reauthorize_after:
             self._authorize()
 
     def _mint(self, bucket_name: str, file_name: str, ttl: int, deadline: float) -> str:

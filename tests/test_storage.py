@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.storage import content_disposition
+from app.storage import DownloadSigner, content_disposition
 from tests.conftest import Emulator, MakeSettings, Tenant, World, bearer, download, free_port, serve
 
 
@@ -126,3 +126,32 @@ async def test_missing_bucket_is_503_storage_unavailable(
 )
 def test_content_disposition_is_a_safe_attachment(file_name: str, expected: str) -> None:
     assert content_disposition(file_name) == expected
+
+
+async def test_account_is_reauthorized_once_when_old_even_under_concurrency(
+    make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator
+) -> None:
+    export = await world.export(tenant)
+    now = [1000.0]
+    signer = DownloadSigner(
+        make_settings(b2_reauthorize_after_seconds=600), monotonic=lambda: now[0]
+    )
+    try:
+        emulator.clear()
+        await signer.sign(export["bucket_name"], export["file_name"], None)
+        assert emulator.calls("b2_authorize_account") == 1
+
+        now[0] += 599
+        await asyncio.gather(
+            *(signer.sign(export["bucket_name"], export["file_name"], None) for _ in range(4))
+        )
+        assert emulator.calls("b2_authorize_account") == 1
+
+        now[0] += 2
+        await asyncio.gather(
+            *(signer.sign(export["bucket_name"], export["file_name"], None) for _ in range(6))
+        )
+        assert emulator.calls("b2_authorize_account") == 2
+        assert emulator.calls("b2_get_download_authorization") == 11
+    finally:
+        signer.close()
