@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
-run: $(STAMP) ## serve on 127.0.0.1:8000 (embedded Postgres unless DATABASE_URL is set)
+run: $(STAMP) ## demo on 127.0.0.1:$$PORT (8000): embedded Postgres, B2 emulator, seeded data
+	$(BIN)/orbit-exports serve --demo
+
+serve: $(STAMP) ## the API alone, configured from the environment (no demo data)
 	$(BIN)/orbit-exports serve
 
 migrate: $(STAMP) ## apply migrations to DATABASE_URL (or the embedded Postgres)
@@ -36,4 +39,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format app tests migrations
 	$(BIN)/ruff check --fix app tests migrations
 
-.PHONY: help install run migrate lint test format
+.PHONY: help install run serve migrate lint test format

@@ -132,7 +132,11 @@ def _b2_error(exc: B2Failure) -> JSONResponse:
     )
 
 
-def create_emulator(key_id: str, key: str, buckets: list[str] | None = None) -> FastAPI:
+def create_emulator(
+    key_id: str, key: str, buckets: list[str] | None = None, public_url: str | None = None
+) -> FastAPI:
+    """`public_url` is the download base handed to clients, when they reach the emulator at
+    another address than the API does (compose: `http://localhost:9000` vs `http://b2:9000`)."""
     state = EmulatorState(key_id=key_id, key=key)
     for name in buckets or []:
         state.create_bucket(name)
@@ -175,6 +179,7 @@ def create_emulator(key_id: str, key: str, buckets: list[str] | None = None) -> 
         token = "4_emu_" + secrets.token_urlsafe(24)
         state.account_tokens[token] = state.now() + ACCOUNT_TOKEN_SECONDS
         url = base_url(request)
+        download_url = public_url.rstrip("/") if public_url else url
         allowed = {"buckets": None, "capabilities": ALL_CAPABILITIES, "namePrefix": None}
         return JSONResponse(
             {
@@ -185,7 +190,7 @@ def create_emulator(key_id: str, key: str, buckets: list[str] | None = None) -> 
                     "groupsApi": {},
                     "storageApi": {
                         "apiUrl": url,
-                        "downloadUrl": url,
+                        "downloadUrl": download_url,
                         "s3ApiUrl": url,
                         "recommendedPartSize": 100_000_000,
                         "absoluteMinimumPartSize": 5_000_000,

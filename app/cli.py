@@ -12,7 +12,11 @@ import csv
 import hashlib
 import io
 import os
+import secrets
+import socket
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,32 +48,120 @@ def _ready_database_url(settings: Settings) -> str:
     """The database URL; the embedded default is also migrated, so it is always usable."""
     from app.db import database_url, run_migrations
 
-    url = database_url(settings)
     if settings.database_url is None:
+        pgdata = settings.orbit_data_dir.resolve() / "postgres"
+        if not (pgdata / "PG_VERSION").exists():
+            _progress(f"initialising the embedded Postgres in {pgdata} (first start only)...")
+        else:
+            _progress(f"starting the embedded Postgres in {pgdata}...")
+        started = time.monotonic()
+        url = database_url(settings)
         run_migrations(url)
-    return url
+        _progress(f"Postgres ready and migrated in {time.monotonic() - started:.1f} s")
+        return url
+    return database_url(settings)
+
+
+def _progress(message: str) -> None:
+    print(f"orbit-exports: {message}", file=sys.stderr, flush=True)  # noqa: T201
 
 
 # --- serve / migrate ---------------------------------------------------------------------
+
+
+def _persistent_secret(path: Path) -> str:
+    """A JWT secret for the demo, made once and kept in the data folder (mode 0600)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM when `serve` dies, even by SIGKILL, so no emulator is left.
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _start_emulator(bucket: str) -> subprocess.Popen[bytes]:
+    """Run the B2 emulator beside the API and point this process's settings at it."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    key_id, key = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    command = [sys.executable, "-m", "app.cli", "b2-emulator", "--port", str(port)]
+    command += ["--key-id", key_id, "--key", key, "--bucket", bucket]
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        command, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            httpx.get(f"{url}/_emulator/requests", timeout=1)
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the B2 emulator did not start") from None
+            time.sleep(0.05)
+    os.environ |= {"B2_APPLICATION_KEY_ID": key_id, "B2_APPLICATION_KEY": key, "B2_REALM": url}
+    _progress(f"no B2 credentials configured: B2 emulator started at {url}")
+    return proc
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     url = _ready_database_url(settings)
-    # Workers (and the app factory) read the same URL instead of resolving it again.
+    # The app factory (and any worker) reads the same URL instead of resolving it again.
     os.environ["DATABASE_URL"] = url
-    get_settings.cache_clear()
-    workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        proxy_headers=False,
-    )
+    emulator = None
+    banner = None
+    try:
+        if args.demo or settings.demo:
+            from app import demo
+
+            if settings.jwt_secret is None:
+                os.environ["JWT_SECRET"] = _persistent_secret(
+                    settings.orbit_data_dir / "jwt-secret"
+                )
+            if not settings.storage_configured:
+                emulator = _start_emulator(settings.demo_bucket)
+            get_settings.cache_clear()
+            settings = get_settings()
+            data = demo.seed(settings, url, settings.demo_bucket)
+            shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
+            banner = demo.instructions(data, f"http://{shown_host}:{args.port}")
+        get_settings.cache_clear()
+        if banner:
+            print(banner, flush=True)  # noqa: T201
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
+            log_level=settings.log_level.lower(),
+            proxy_headers=False,
+        )
+    finally:
+        if emulator is not None:
+            emulator.terminate()
+            try:
+                emulator.wait(5)
+            except subprocess.TimeoutExpired:
+                emulator.kill()
     return 0
 
 
@@ -247,7 +339,7 @@ def cmd_b2_emulator(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.b2_emulator import create_emulator
 
-    app = create_emulator(args.key_id, args.key, args.bucket)
+    app = create_emulator(args.key_id, args.key, args.bucket, args.public_url)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -262,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API")
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="seed demo data and print ready-to-paste requests (also DEMO=true); "
+        "without B2 credentials, run the B2 emulator beside the API",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(handler=cmd_migrate)
@@ -307,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--key-id", required=True)
     emu.add_argument("--key", required=True)
     emu.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
+    emu.add_argument(
+        "--public-url", help="download base URL given to clients (default: as reached)"
+    )
     emu.set_defaults(handler=cmd_b2_emulator)
     return parser
 

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # `serve --demo`: seed demo data at start; with no B2 credentials, run the B2 emulator too.
+    demo: bool = False
+    demo_bucket: str = "orbit-exports"
+
     # Database. Unset means: start the embedded Postgres under orbit_data_dir.
     database_url: SecretStr | None = None
     orbit_data_dir: Path = Path(".data")

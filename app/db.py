@@ -3,7 +3,9 @@ and the translation of driver failures into `DatabaseUnavailable`."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,12 +37,35 @@ def embedded_postgres_url(data_dir: Path) -> str:
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    first_run = not (data_dir / "postgres" / "PG_VERSION").exists()
-    if first_run:
-        logger.info("initialising the embedded Postgres in %s (first run only)", data_dir)
-    server = get_server(data_dir / "postgres", cleanup_mode="stop")
+    pgdata = data_dir / "postgres"
+    _forget_dead_handles(pgdata)
+    server = get_server(pgdata, cleanup_mode="stop")
     uri = str(server.get_uri())
     return "postgresql+asyncpg://" + uri.removeprefix("postgresql://")
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """embedded-postgres stops the server when the last process holding it exits, counting
+    holders in a pid list; a holder killed with SIGKILL stays listed forever and the server would
+    then never stop. Drop pids that no longer exist before joining."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _pid_alive(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def database_url(settings: Settings) -> str:

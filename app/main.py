@@ -14,6 +14,7 @@ from app.config import Settings, get_settings
 from app.db import create_engine, database_url
 from app.errors import install_error_handlers
 from app.exports.router import router as exports_router
+from app.health import router as health_router
 from app.request_context import RequestContextMiddleware
 from app.state import AppState
 from app.storage import DownloadSigner
@@ -68,4 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(exports_router)
+    app.include_router(health_router)
     return app
