@@ -45,7 +45,7 @@ def test_algorithms_parse_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> 
     assert make().jwt_algorithms == ["HS256", "RS256"]
 
 
-@pytest.mark.parametrize("algs", ["none", "HS256,none", ""])
+@pytest.mark.parametrize("algs", ["none", "HS256,none", ",", "RS1"])
 def test_unknown_or_empty_algorithms_are_refused(
     monkeypatch: pytest.MonkeyPatch, algs: str
 ) -> None:
@@ -80,3 +80,13 @@ def test_secrets_do_not_appear_in_repr() -> None:
     )
     assert "s" * 40 not in repr(settings)
     assert "b2-secret-value" not in repr(settings)
+
+
+def test_empty_environment_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", "")
+    monkeypatch.setenv("JWT_JWKS_URL", "")
+    monkeypatch.setenv("DATABASE_URL", "")
+    settings = make()
+    assert settings.jwt_algorithms == ["HS256"]
+    assert settings.jwt_jwks_url is None
+    assert settings.database_url is None
