@@ -23,9 +23,9 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 from jwt.types import Options
 
-from app.api_keys import KEY_PREFIX, find_active_key
+from app.api_keys import KEY_PREFIX, ApiKeyOwner, find_active_key
 from app.config import HMAC_ALGORITHMS, Settings
-from app.db import translate_db_errors
+from app.db import database_call
 from app.errors import Unauthorized
 from app.state import AppState, app_state
 
@@ -201,9 +201,12 @@ def _single_header(request: Request, name: str) -> str | None:
 async def _authenticate_api_key(state: AppState, key: str) -> Principal:
     if not key.startswith(KEY_PREFIX) or not key.isascii():
         raise Unauthorized("The API key is not valid.")
-    with translate_db_errors():
+
+    async def lookup() -> ApiKeyOwner | None:
         async with state.read_engine.connect() as conn:
-            owner = await find_active_key(conn, key)
+            return await find_active_key(conn, key)
+
+    owner = await database_call(state.settings.db_deadline_seconds, lookup)
     if owner is None:
         raise Unauthorized("The API key is not valid, has expired or was revoked.")
     return Principal(

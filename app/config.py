@@ -38,9 +38,11 @@ class Settings(BaseSettings):
     orbit_data_dir: Path = Path(".data")
     db_pool_size: int = Field(10, ge=1, le=200)
     db_max_overflow: int = Field(5, ge=0, le=200)
-    db_pool_timeout_seconds: float = Field(2.0, gt=0, le=60)
-    db_connect_timeout_seconds: float = Field(2.0, gt=0, le=60)
-    db_statement_timeout_ms: int = Field(1500, ge=10, le=600_000)
+    db_pool_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    db_connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    db_statement_timeout_ms: int = Field(1000, ge=10, le=600_000)
+    # Everything one request does with the database (checkout, connect, query) ends by then.
+    db_deadline_seconds: float = Field(1.5, gt=0, le=60)
 
     # Dashboard JWTs.
     jwt_secret: SecretStr | None = None

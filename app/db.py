@@ -3,13 +3,14 @@ and the translation of driver failures into `DatabaseUnavailable`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic.config import Config
 from sqlalchemy import exc as sa_exc
@@ -20,6 +21,8 @@ from app.config import Settings
 from app.errors import DatabaseUnavailable
 
 logger = logging.getLogger("app.db")
+
+T = TypeVar("T")
 
 APPLICATION_NAME = "orbit-exports"
 
@@ -112,13 +115,29 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-@contextmanager
-def translate_db_errors() -> Iterator[None]:
-    """Turn "the database cannot answer now" into a 503; let real bugs (bad SQL) surface as 500s."""
+async def database_call(deadline: float, work: Callable[[], Awaitable[T]]) -> T:
+    """Run a request's database work within `deadline` seconds.
+
+    "The database cannot answer now" (down, unreachable, too slow, pool exhausted) becomes a
+    503; real bugs (bad SQL) stay 500s. On timeout the work is cancelled in the background:
+    closing a connection to a stalled server can itself take seconds, which the caller must not
+    wait for.
+    """
+    task = asyncio.ensure_future(work())
     try:
-        yield
+        return await asyncio.wait_for(asyncio.shield(task), deadline)
+    except TimeoutError:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        logger.warning("database unavailable: no answer within %.1fs", deadline)
+        raise DatabaseUnavailable() from None
     except (sa_exc.ProgrammingError, sa_exc.IntegrityError, sa_exc.DataError):
         raise
-    except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError) as exc:
+    except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
         logger.warning("database unavailable: %s", type(exc).__name__)
         raise DatabaseUnavailable() from None
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("abandoned database work ended with %s", type(task.exception()).__name__)

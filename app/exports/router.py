@@ -6,9 +6,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
+from sqlalchemy import RowMapping
 
 from app.auth import PrincipalDep
-from app.db import translate_db_errors
+from app.db import database_call
 from app.errors import (
     ExportExpired,
     ExportFailed,
@@ -52,15 +53,18 @@ async def get_stored_export(
     export_id: Annotated[uuid.UUID, Path(alias="exportId")],
 ) -> Response:
     state = app_state(request)
-    with translate_db_errors():
+
+    async def lookup() -> RowMapping | None:
         async with state.read_engine.connect() as conn:
-            row = await find_export(
+            return await find_export(
                 conn,
                 organization_id=principal.organization_id,
                 audience_id=audience_id,
                 run_id=run_id,
                 export_id=export_id,
             )
+
+    row = await database_call(state.settings.db_deadline_seconds, lookup)
     if row is None:
         raise ExportNotFound()
     export = IntentAudienceExport.model_validate(dict(row))

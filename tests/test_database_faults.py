@@ -1,0 +1,129 @@
+"""Postgres misbehaving for real: stalled, dropped, exhausted, stopped. Each request ends within
+2 s with 503 DATABASE_UNAVAILABLE, and the service recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.db import embedded_postgres_url, run_migrations
+from tests.conftest import MakeSettings, Tenant, World, bearer, serve
+from tests.faults import TcpProxy
+
+DEADLINE = 2.0
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
+    p = await TcpProxy(database_url).start()
+    yield p
+    await p.stop()
+
+
+async def timed_get(
+    client: httpx.AsyncClient, path: str, token: str
+) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await client.get(path, headers=bearer(token))
+    return response, time.monotonic() - started
+
+
+def assert_database_unavailable(response: httpx.Response, elapsed: float) -> None:
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+    assert int(response.headers["Retry-After"]) > 0
+    assert elapsed < DEADLINE
+
+
+async def test_stalled_database_is_503_within_deadline_then_recovers(
+    make_settings: MakeSettings, proxy: TcpProxy, world: World, tenant: Tenant
+) -> None:
+    token = world.jwt(tenant.org)
+    async with serve(make_settings(database_url=proxy.url())) as client:
+        path = tenant.path(uuid.uuid4())
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+        proxy.set_mode("stall")
+        assert_database_unavailable(*await timed_get(client, path, token))
+        proxy.set_mode("pass")
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+
+
+async def test_dropped_connections_are_503_then_recover(
+    make_settings: MakeSettings, proxy: TcpProxy, world: World, tenant: Tenant
+) -> None:
+    token = world.jwt(tenant.org)
+    async with serve(make_settings(database_url=proxy.url())) as client:
+        path = tenant.path(uuid.uuid4())
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+        proxy.set_mode("refuse")
+        proxy.drop_all()
+        assert_database_unavailable(*await timed_get(client, path, token))
+        assert_database_unavailable(*await timed_get(client, path, token))
+        proxy.set_mode("pass")
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+
+
+async def test_exhausted_pool_is_503_within_deadline(
+    make_settings: MakeSettings, proxy: TcpProxy, world: World, tenant: Tenant
+) -> None:
+    token = world.jwt(tenant.org)
+    settings = make_settings(
+        database_url=proxy.url(), db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=0.3
+    )
+    async with serve(settings) as client:
+        path = tenant.path(uuid.uuid4())
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+        proxy.set_mode("stall")
+        results = await asyncio.gather(*(timed_get(client, path, token) for _ in range(4)))
+        for response, elapsed in results:
+            assert_database_unavailable(response, elapsed)
+        proxy.set_mode("pass")
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+
+
+async def test_statement_timeout_is_enforced_by_postgres(make_settings: MakeSettings) -> None:
+    """The engine sets statement_timeout, so a runaway statement is cancelled server-side."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db import create_engine
+
+    settings = make_settings(db_statement_timeout_ms=100)
+    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
+    try:
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SHOW statement_timeout")) == "100ms"
+            with pytest.raises(DBAPIError, match="statement timeout"):
+                await conn.execute(text("SELECT pg_sleep(1)"))
+    finally:
+        await engine.dispose()
+
+
+async def test_postgres_stopped_and_restarted(
+    make_settings: MakeSettings, tmp_path: Path, world: World, tenant: Tenant
+) -> None:
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.postgres_server import get_server
+
+    url = embedded_postgres_url(tmp_path / "own")
+    await asyncio.to_thread(run_migrations, url)
+    server = get_server(tmp_path / "own" / "postgres")
+    token = world.jwt(tenant.org)
+    try:
+        async with serve(make_settings(database_url=url)) as client:
+            path = tenant.path(uuid.uuid4())
+            assert (await client.get(path, headers=bearer(token))).status_code == 404
+            await asyncio.to_thread(
+                pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+            )
+            assert_database_unavailable(*await timed_get(client, path, token))
+            await asyncio.to_thread(server.ensure_postgres_running)
+            assert (await client.get(path, headers=bearer(token))).status_code == 404
+    finally:
+        server.cleanup()
