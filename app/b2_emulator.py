@@ -7,12 +7,15 @@ download by name, and `b2_get_download_authorization`, with B2's download-token 
 works only in its bucket, for names starting with its prefix, until it expires, and only with
 the exact `b2ContentDisposition` it was minted with.
 
-Admin endpoints under `/_emulator/` let tests read the request log and move the emulator's
-clock forward (to expire tokens without sleeping).
+Admin endpoints under `/_emulator/` let tests read the request log, move the emulator's clock
+forward (to expire tokens without sleeping), expire every account token, and inject faults into
+the B2 API (`POST /_emulator/faults {"status": 503, "delaySeconds": 5, "malformed": true,
+"apis": ["b2_get_download_authorization"], "count": 3}`, `DELETE` to clear).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -67,6 +70,24 @@ class DownloadGrant:
 
 
 @dataclass
+class Faults:
+    """Misbehaviour injected into `/b2api/` calls (the admin endpoint sets it)."""
+
+    status: int | None = None
+    delay_seconds: float = 0.0
+    malformed: bool = False
+    apis: list[str] | None = None
+    remaining: int | None = None
+
+    def applies(self, path: str) -> bool:
+        if self.remaining is not None and self.remaining <= 0:
+            return False
+        if not (self.status or self.delay_seconds or self.malformed):
+            return False
+        return self.apis is None or path.rsplit("/", 1)[-1] in self.apis
+
+
+@dataclass
 class EmulatorState:
     key_id: str
     key: str
@@ -78,6 +99,7 @@ class EmulatorState:
     upload_tokens: dict[str, str] = field(default_factory=dict)
     download_grants: dict[str, DownloadGrant] = field(default_factory=dict)
     request_log: list[dict[str, Any]] = field(default_factory=list)
+    faults: Faults = field(default_factory=Faults)
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -154,6 +176,16 @@ def create_emulator(
             state.request_log.append(
                 {"method": request.method, "path": request.url.path, "at": state.now()}
             )
+        faults = state.faults
+        if request.url.path.startswith("/b2api/") and faults.applies(request.url.path):
+            if faults.remaining is not None:
+                faults.remaining -= 1
+            if faults.delay_seconds:
+                await asyncio.sleep(faults.delay_seconds)
+            if faults.malformed:
+                return Response(b'{"accountId": "trunc', media_type="application/json")
+            if faults.status:
+                return _b2_error(B2Failure(faults.status, "injected_fault", "Injected fault."))
         response: Response = await call_next(request)
         return response
 
@@ -355,6 +387,29 @@ def create_emulator(
     @app.delete("/_emulator/requests")
     async def clear_request_log() -> Response:
         state.request_log.clear()
+        return Response(status_code=204)
+
+    @app.post("/_emulator/faults")
+    async def set_faults(request: Request) -> Response:
+        body = await json_body(request)
+        state.faults = Faults(
+            status=body.get("status"),
+            delay_seconds=float(body.get("delaySeconds", 0)),
+            malformed=bool(body.get("malformed", False)),
+            apis=body.get("apis"),
+            remaining=body.get("count"),
+        )
+        return Response(status_code=204)
+
+    @app.delete("/_emulator/faults")
+    async def clear_faults() -> Response:
+        state.faults = Faults()
+        return Response(status_code=204)
+
+    @app.post("/_emulator/expire-account-tokens")
+    async def expire_account_tokens() -> Response:
+        for token in state.account_tokens:
+            state.account_tokens[token] = state.now()
         return Response(status_code=204)
 
     @app.post("/_emulator/clock")

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     export_url_ttl_seconds: int = Field(3600, ge=60, le=604_800)
     storage_timeout_seconds: float = Field(3.0, gt=0, le=60)
     storage_max_threads: int = Field(8, ge=1, le=64)
+    # Consecutive B2 failures that open the circuit breaker, and how long it stays open.
+    storage_breaker_threshold: int = Field(5, ge=1, le=1000)
+    storage_breaker_cooldown_seconds: float = Field(10.0, ge=0.1, le=600)
     # b2 account tokens live 24 h; refreshing well before that keeps requests off the slow path.
     b2_reauthorize_after_seconds: int = Field(12 * 3600, ge=60, le=23 * 3600)
 

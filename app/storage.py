@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 from b2sdk.v2 import B2Api, B2Http, B2HttpApiConfig, B2Session, InMemoryAccountInfo, InMemoryCache
-from b2sdk.v2.exception import B2Error
+from b2sdk.v2.exception import B2Error, NonExistentBucket
 from requests.adapters import HTTPAdapter
 
 from app.config import Settings
@@ -48,6 +48,24 @@ class _BoundedB2Http(B2Http):  # type: ignore[misc]
 
 class _BoundedB2Session(B2Session):  # type: ignore[misc]
     B2HTTP_CLASS = staticmethod(_BoundedB2Http)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reauth_lock = threading.Lock()
+        self._reauthorized_at = -math.inf
+        # Calls that failed on the old token started at most this long before a renewal.
+        self.reauth_window = 3.0
+
+    def authorize_automatically(self) -> bool:
+        """b2sdk calls this when B2 rejects an expired token. Concurrent calls that all saw the
+        old token share one re-authorization: later ones just retry with the new token."""
+        with self._reauth_lock:
+            if time.monotonic() - self._reauthorized_at < self.reauth_window:
+                return True
+            renewed: bool = super().authorize_automatically()
+            if renewed:
+                self._reauthorized_at = time.monotonic()
+            return renewed
 
 
 class _BoundedB2Api(B2Api):  # type: ignore[misc]
@@ -98,6 +116,51 @@ def content_disposition(file_name: str) -> str:
     return value
 
 
+class CircuitBreaker:
+    """After `threshold` consecutive failures, B2 is not called for `cooldown` seconds: requests
+    get 503 at once instead of each tying up a thread until its deadline. Then one trial call
+    is let through; its success closes the breaker, its failure opens it again.
+
+    Used from the event loop only, so it needs no lock.
+    """
+
+    def __init__(self, threshold: int, cooldown: float, monotonic: Callable[[], float]) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._monotonic = monotonic
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        if self._monotonic() - self.opened_at >= self.cooldown:
+            return "half-open"
+        return "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self._trial_running:
+            self._trial_running = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self._trial_running = False
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        if self._trial_running or self.failures >= self.threshold:
+            self.opened_at = self._monotonic()
+        self._trial_running = False
+
+
 @dataclass(frozen=True, slots=True)
 class SignedDownload:
     url: str
@@ -128,6 +191,10 @@ class DownloadSigner:
                 http_session_factory=partial(_http_session, self._timeout),
                 user_agent_append="orbit-exports",
             ),
+        )
+        self._api.session.reauth_window = self._timeout
+        self.breaker = CircuitBreaker(
+            settings.storage_breaker_threshold, settings.storage_breaker_cooldown_seconds, monotonic
         )
         self._executor = ThreadPoolExecutor(
             max_workers=settings.storage_max_threads, thread_name_prefix="b2"
@@ -179,21 +246,29 @@ class DownloadSigner:
     # --- event loop side ------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if not self.breaker.allow():
+            raise StorageUnavailable()
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self._timeout
         try:
-            return await asyncio.wait_for(
+            result = await asyncio.wait_for(
                 loop.run_in_executor(self._executor, partial(fn, *args, deadline)), self._timeout
             )
+        except NonExistentBucket:
+            # A row naming a bucket B2 does not have: a data problem, not an outage.
+            self.breaker.record_success()
+            logger.warning("B2 has no bucket named in an export row")
+            raise StorageUnavailable() from None
         except TimeoutError:
+            self.breaker.record_failure()
             logger.warning("B2 call exceeded %.1fs deadline", self._timeout)
             raise StorageUnavailable() from None
-        except B2Error as exc:
+        except (B2Error, requests.RequestException, OSError, ValueError, KeyError) as exc:
+            self.breaker.record_failure()
             logger.warning("B2 call failed: %s", type(exc).__name__)
             raise StorageUnavailable() from None
-        except (requests.RequestException, OSError, ValueError, KeyError) as exc:
-            logger.warning("B2 call failed: %s", type(exc).__name__)
-            raise StorageUnavailable() from None
+        self.breaker.record_success()
+        return result
 
     async def sign(
         self, bucket_name: str, file_name: str, not_after: datetime | None

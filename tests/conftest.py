@@ -132,6 +132,16 @@ class Emulator:
     def advance_clock(self, seconds: float) -> None:
         httpx.post(f"{self.url}/_emulator/clock", json={"advanceSeconds": seconds})
 
+    def inject(self, **faults: Any) -> None:
+        """status=503, delaySeconds=2, malformed=True, apis=[...], count=N (see the emulator)."""
+        httpx.post(f"{self.url}/_emulator/faults", json=faults).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.url}/_emulator/faults").raise_for_status()
+
+    def expire_account_tokens(self) -> None:
+        httpx.post(f"{self.url}/_emulator/expire-account-tokens").raise_for_status()
+
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
