@@ -26,7 +26,7 @@ from jwt.types import Options
 from app.api_keys import KEY_PREFIX, ApiKeyOwner, find_active_key
 from app.config import HMAC_ALGORITHMS, Settings
 from app.db import database_call
-from app.errors import Unauthorized
+from app.errors import RateLimited, Unauthorized
 from app.state import AppState, app_state
 
 logger = logging.getLogger("app.auth")
@@ -49,6 +49,10 @@ class Principal:
     method: Literal["api_key", "jwt"]
     # Visible prefix of the API key, for logs; None for JWTs.
     key_prefix: str | None = None
+
+    @property
+    def rate_limit_key(self) -> str:
+        return f"{self.method}:{self.organization_id}:{self.actor_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,10 +244,16 @@ async def authenticate(
         raise Unauthorized("Send either Authorization: Bearer or X-API-Key, not both.")
     state = app_state(request)
     if api_key:
-        return await _authenticate_api_key(state, api_key)
-    if authorization:
-        return state.jwt_verifier.verify(_bearer_token(authorization))
-    raise Unauthorized("Authenticate with X-API-Key: sk_... or Authorization: Bearer <JWT>.")
+        principal = await _authenticate_api_key(state, api_key)
+    elif authorization:
+        principal = state.jwt_verifier.verify(_bearer_token(authorization))
+    else:
+        raise Unauthorized("Authenticate with X-API-Key: sk_... or Authorization: Bearer <JWT>.")
+    if state.rate_limiter is not None:
+        wait = state.rate_limiter.retry_after(principal.rate_limit_key)
+        if wait is not None:
+            raise RateLimited(wait)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -54,6 +54,19 @@ class ValidationFailed(ApiError):
     default_message = "The request is not valid."
 
 
+class RateLimited(ApiError):
+    status_code = 429
+    code = "RATE_LIMITED"
+    default_message = "Too many requests for this credential; slow down."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.wait = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.wait)}
+
+
 class RouteNotFound(ApiError):
     status_code = 404
     code = "NOT_FOUND"

@@ -15,6 +15,7 @@ from app.db import create_engine, database_url
 from app.errors import install_error_handlers
 from app.exports.router import router as exports_router
 from app.health import router as health_router
+from app.rate_limit import RateLimiter
 from app.request_context import RequestContextMiddleware
 from app.state import AppState
 from app.storage import DownloadSigner
@@ -50,6 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             read_engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
             jwt_verifier=JwtVerifier(settings, jwks),
             signer=signer,
+            rate_limiter=(
+                RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+                if settings.rate_limit_per_minute
+                else None
+            ),
         )
         try:
             yield

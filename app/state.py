@@ -9,6 +9,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.rate_limit import RateLimiter
 
 if TYPE_CHECKING:
     from app.auth import JwtVerifier
@@ -23,6 +24,7 @@ class AppState:
     read_engine: AsyncEngine
     jwt_verifier: JwtVerifier
     signer: DownloadSigner | None
+    rate_limiter: RateLimiter | None
 
 
 def app_state(request: Request) -> AppState:

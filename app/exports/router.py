@@ -35,6 +35,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**_ERROR, "description": "Export not found"},
     409: {**_ERROR, "description": "Stored export is not ready"},
     422: {**_ERROR, "description": "A path parameter is not a UUID"},
+    429: {**_ERROR, "description": "Too many requests for this credential"},
     503: {**_ERROR, "description": "B2 export storage is not configured or unavailable"},
 }
 
