@@ -154,6 +154,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
             log_level=settings.log_level.lower(),
             proxy_headers=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
     finally:
         if emulator is not None:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # Everything one request does with the database (checkout, connect, query) ends by then.
     db_deadline_seconds: float = Field(1.5, gt=0, le=60)
 
+    # On SIGTERM, in-flight requests get this long to finish before the process exits.
+    shutdown_grace_seconds: int = Field(20, ge=0, le=600)
+
     # Requests per minute per credential (API key, or dashboard user); 0 turns limiting off.
     rate_limit_per_minute: int = Field(1200, ge=0, le=1_000_000)
     rate_limit_burst: int = Field(100, ge=1, le=1_000_000)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -12,7 +17,7 @@ from sqlalchemy import text
 from app.errors import ApiError
 from app.exports.schemas import ApiErrorResponse, ApiMeta
 from app.request_context import envelope_meta
-from app.state import app_state
+from app.state import AppState, app_state
 
 router = APIRouter(tags=["Health"])
 
@@ -63,10 +68,34 @@ async def _database_ok(request: Request) -> bool:
     summary="The database answers and storage is configured",
 )
 async def readyz(request: Request) -> Response:
+    state = app_state(request)
+    if state.draining:
+        raise NotReady("The service is shutting down.", details={"shutdown": "in_progress"})
     checks: dict[str, Any] = {
         "database": "ok" if await _database_ok(request) else "unavailable",
-        "storage": "ok" if app_state(request).signer is not None else "not_configured",
+        "storage": "ok" if state.signer is not None else "not_configured",
     }
     if any(value != "ok" for value in checks.values()):
         raise NotReady(details=checks)
     return _ok(request, ProbeStatus(status="ready", checks=checks))
+
+
+@contextlib.contextmanager
+def draining_on_sigterm(state: AppState) -> Iterator[None]:
+    """Mark the app as draining when SIGTERM arrives, then let the server's own handler run
+    (uvicorn stops accepting connections and waits for in-flight requests)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        state.draining = True
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

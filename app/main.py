@@ -14,6 +14,7 @@ from app.config import Settings, get_settings
 from app.db import create_engine, database_url
 from app.errors import install_error_handlers
 from app.exports.router import router as exports_router
+from app.health import draining_on_sigterm
 from app.health import router as health_router
 from app.rate_limit import RateLimiter
 from app.request_context import RequestContextMiddleware
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             signer.start()
         else:
             logger.warning("B2 is not configured: completed exports will answer 503")
-        app.state.orbit = AppState(
+        app.state.orbit = state = AppState(
             settings=settings,
             engine=engine,
             read_engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         )
         try:
-            yield
+            with draining_on_sigterm(state):
+                yield
         finally:
             for task in background:
                 task.cancel()

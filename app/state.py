@@ -25,6 +25,8 @@ class AppState:
     jwt_verifier: JwtVerifier
     signer: DownloadSigner | None
     rate_limiter: RateLimiter | None
+    # Set when SIGTERM arrives: /readyz answers 503 so load balancers stop routing here.
+    draining: bool = False
 
 
 def app_state(request: Request) -> AppState:
