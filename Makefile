@@ -35,8 +35,12 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict app
 test: $(STAMP) lint ## lint, then the whole test suite
 	$(BIN)/pytest -q
 
+fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run, default 120)
+	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-120} \
+	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_fuzz.py tests/test_hostile_input.py
+
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format app tests migrations
 	$(BIN)/ruff check --fix app tests migrations
 
-.PHONY: help install run serve migrate lint test format
+.PHONY: help install run serve migrate lint test fuzz format

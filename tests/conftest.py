@@ -25,6 +25,7 @@ import httpx
 import jwt
 import pytest
 from b2sdk.v2 import B2Api, InMemoryAccountInfo
+from hypothesis import settings
 from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -35,6 +36,10 @@ from app.db import embedded_postgres_url, run_migrations
 from app.main import create_app
 from app.tables import intent_audience_exports
 from tests.contract import validate_response_hook
+
+settings.register_profile("default", max_examples=40, deadline=None)
+settings.register_profile("deep", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 B2_KEY_ID = "test-key-id"
 B2_KEY = "test-application-key-0123456789"
@@ -178,6 +183,53 @@ def b2(emulator: Emulator) -> B2Api:
 
 
 # --- the app -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cli_env(
+    database_url: str, emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Environment for `orbit-exports` processes: the test database and the emulator."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("B2_", "JWT_", "DATABASE_", "RATE_LIMIT", "DEMO"))
+    }
+    env |= {
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": JWT_SECRET,
+        "B2_APPLICATION_KEY_ID": B2_KEY_ID,
+        "B2_APPLICATION_KEY": B2_KEY,
+        "B2_REALM": emulator.url,
+        "ORBIT_DATA_DIR": str(tmp_path_factory.mktemp("unused-data")),
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def live_server(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `orbit-exports serve` process (rate limiting off, for fuzzing); its log is kept."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("live") / "server.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [CLI, "serve", "--port", str(port)],
+            env=cli_env | {"RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "DEBUG"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    LOG_FILES.append(log)
+    try:
+        wait_for_http(url + "/livez")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# Logs of every server process the suite starts, checked for secrets at the end.
+LOG_FILES: list[Path] = []
 
 MakeSettings = Callable[..., Settings]
 

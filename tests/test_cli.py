@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +16,14 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import (
-    B2_KEY,
-    B2_KEY_ID,
     BUCKET,
     CLI,
     JWT_SECRET,
-    Emulator,
     bearer,
-    free_port,
     key_headers,
     sample_csv,
-    wait_for_http,
 )
 from tests.contract import assert_matches_contract
-
-
-@pytest.fixture(scope="module")
-def cli_env(
-    database_url: str, emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("B2_", "JWT_", "DATABASE_"))}
-    env |= {
-        "DATABASE_URL": database_url,
-        "JWT_SECRET": JWT_SECRET,
-        "B2_APPLICATION_KEY_ID": B2_KEY_ID,
-        "B2_APPLICATION_KEY": B2_KEY,
-        "B2_REALM": emulator.url,
-        "ORBIT_DATA_DIR": str(tmp_path_factory.mktemp("unused-data")),
-    }
-    return env
 
 
 def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,22 +35,9 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-@pytest.fixture(scope="module")
-def server(cli_env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [CLI, "serve", "--port", str(port)],
-        env=cli_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/v1")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+@pytest.fixture
+def server(live_server: str) -> str:
+    return live_server
 
 
 def get(server: str, path: str, headers: dict[str, str]) -> httpx.Response:
