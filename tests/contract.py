@@ -12,6 +12,7 @@ import os
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import yaml
@@ -78,7 +79,7 @@ def validator_for(status: int) -> Draft202012Validator:
 
 def _is_export_route(response: httpx.Response) -> bool:
     parts = response.request.url.path.split("/")
-    return len(parts) == 8 and parts[1:3] == ["v1", "intent"] and parts[5] == "runs"
+    return len(parts) == 9 and parts[1:4] == ["v1", "intent", "audiences"] and parts[5] == "runs"
 
 
 def assert_matches_contract(response: httpx.Response) -> None:
@@ -98,7 +99,18 @@ def assert_matches_contract(response: httpx.Response) -> None:
     assert response.headers["Cache-Control"] == "no-store"
 
 
+# Download tokens seen in responses, so the suite can check none of them reached a log.
+SEEN_DOWNLOAD_TOKENS: set[str] = set()
+
+
+def _remember_download_token(response: httpx.Response) -> None:
+    if response.status_code == 200 and _is_export_route(response):
+        url = response.json()["data"]["downloadUrl"]
+        SEEN_DOWNLOAD_TOKENS.update(parse_qs(urlsplit(url).query).get("Authorization", []))
+
+
 async def validate_response_hook(response: httpx.Response) -> None:
     """httpx event hook: every response any test receives from the service is checked."""
     await response.aread()
     assert_matches_contract(response)
+    _remember_download_token(response)

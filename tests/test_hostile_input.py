@@ -72,7 +72,9 @@ def test_several_schemes_and_both_headers_are_401(
 
 
 def _mutations(value: str) -> st.SearchStrategy[str]:
-    alphabet = st.characters(codec="utf-8")
+    # Not "/": Starlette routes on the decoded path, so an encoded slash makes another route
+    # (404 NOT_FOUND before any authentication, like every unknown route).
+    alphabet = st.characters(codec="utf-8", exclude_characters="/")
     return st.one_of(
         st.integers(0, len(value) - 1).map(lambda i: value[:i] + value[i + 1 :]),
         st.tuples(st.integers(0, len(value)), alphabet).map(
