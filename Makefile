@@ -28,8 +28,8 @@ migrate: $(STAMP) ## apply migrations to DATABASE_URL (or the embedded Postgres)
 	$(BIN)/orbit-exports migrate
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict app
-	$(BIN)/ruff check app tests migrations
-	$(BIN)/ruff format --check app tests migrations
+	$(BIN)/ruff check app tests migrations bench
+	$(BIN)/ruff format --check app tests migrations bench
 	$(BIN)/mypy app
 
 test: $(STAMP) lint ## lint, then the whole test suite
@@ -39,8 +39,11 @@ fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run,
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-120} \
 	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/test_fuzz.py tests/test_hostile_input.py
 
-format: $(STAMP) ## apply ruff's formatting and safe fixes
-	$(BIN)/ruff format app tests migrations
-	$(BIN)/ruff check --fix app tests migrations
+soak: $(STAMP) ## a few minutes of mixed traffic on a real multi-worker server (SOAK_SECONDS=180)
+	$(BIN)/python bench/soak.py
 
-.PHONY: help install run serve migrate lint test fuzz format
+format: $(STAMP) ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format app tests migrations bench
+	$(BIN)/ruff check --fix app tests migrations bench
+
+.PHONY: help install run serve migrate lint test fuzz soak format

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     b2_application_key: SecretStr | None = None
     b2_realm: str = "production"
     export_url_ttl_seconds: int = Field(3600, ge=60, le=604_800)
+    # A minted download token is reused while it has at least this long left (default: a
+    # sixth of the TTL); how many files' tokens are kept (least recently used go first).
+    export_url_min_remaining_seconds: int | None = Field(None, ge=1, le=604_800)
+    export_url_cache_size: int = Field(10_000, ge=0, le=10_000_000)
     storage_timeout_seconds: float = Field(3.0, gt=0, le=60)
     storage_max_threads: int = Field(8, ge=1, le=64)
     # Consecutive B2 failures that open the circuit breaker, and how long it stays open.

@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -162,6 +163,12 @@ class CircuitBreaker:
 
 
 @dataclass(frozen=True, slots=True)
+class _Token:
+    token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SignedDownload:
     url: str
     expires_at: datetime
@@ -199,6 +206,16 @@ class DownloadSigner:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.storage_max_threads, thread_name_prefix="b2"
         )
+        self._cache_size = settings.export_url_cache_size
+        self._min_remaining = (
+            settings.export_url_min_remaining_seconds
+            if settings.export_url_min_remaining_seconds is not None
+            else self._ttl // 6
+        )
+        self._tokens: OrderedDict[tuple[str, str], _Token] = OrderedDict()
+        self._pending: dict[tuple[str, str], asyncio.Future[_Token]] = {}
+        self.cache_hits = 0
+        self.cache_misses = 0
         self._auth_lock = threading.Lock()
         self._authorized_at: float | None = None
 
@@ -273,24 +290,82 @@ class DownloadSigner:
     async def sign(
         self, bucket_name: str, file_name: str, not_after: datetime | None
     ) -> SignedDownload:
-        """Mint a download URL for exactly `file_name`, valid for the configured TTL but never
-        past `not_after`. The reported expiry is computed from a clock read *before* minting,
-        so it is never later than the token's real expiry."""
+        """A download URL for exactly `file_name`, valid for the configured TTL but never past
+        `not_after`.
+
+        A token minted earlier for the same file is reused while it has at least
+        `EXPORT_URL_MIN_REMAINING_SECONDS` left, so B2 sees one call per file per token
+        lifetime; concurrent misses for one file share a single call. The reported expiry is
+        the token's own: for a fresh token, clock read *before* minting + TTL; for a reused one,
+        its true remaining lifetime. Never later than the real expiry.
+        """
+        key = (bucket_name, file_name)
         now = self._clock()
-        ttl = self._ttl
-        if not_after is not None:
-            ttl = min(ttl, math.floor((not_after - now).total_seconds()))
-        if ttl < 1:
+        token = self._reusable(key, now, not_after)
+        if token is None:
+            token = await self._single_flight(key, file_name, bucket_name, now, not_after)
+        remaining = math.floor((token.expires_at - now).total_seconds())
+        if remaining < 1:
             raise ValueError("no time left to sign a URL for")
-        token = await self._call(self._mint, bucket_name, file_name, ttl)
         url = self._api.get_download_url_for_file_name(bucket_name, file_name)
         query = urlencode(
-            {"Authorization": token, "b2ContentDisposition": content_disposition(file_name)},
+            {"Authorization": token.token, "b2ContentDisposition": content_disposition(file_name)},
             quote_via=quote,
         )
         return SignedDownload(
-            url=f"{url}?{query}", expires_at=now + timedelta(seconds=ttl), ttl_seconds=ttl
+            url=f"{url}?{query}",
+            expires_at=token.expires_at,
+            ttl_seconds=remaining,
         )
+
+    def _reusable(
+        self, key: tuple[str, str], now: datetime, not_after: datetime | None
+    ) -> _Token | None:
+        token = self._tokens.get(key)
+        if token is None:
+            self.cache_misses += 1
+            return None
+        fresh_enough = (token.expires_at - now).total_seconds() >= self._min_remaining
+        if fresh_enough and (not_after is None or token.expires_at <= not_after):
+            self._tokens.move_to_end(key)
+            self.cache_hits += 1
+            return token
+        self.cache_misses += 1
+        return None
+
+    async def _single_flight(
+        self,
+        key: tuple[str, str],
+        file_name: str,
+        bucket_name: str,
+        now: datetime,
+        not_after: datetime | None,
+    ) -> _Token:
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Token] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            ttl = self._ttl
+            if not_after is not None:
+                ttl = min(ttl, math.floor((not_after - now).total_seconds()))
+            if ttl < 1:
+                raise ValueError("no time left to sign a URL for")
+            value = await self._call(self._mint, bucket_name, file_name, ttl)
+            token = _Token(value, now + timedelta(seconds=ttl))
+            self._tokens[key] = token
+            if len(self._tokens) > self._cache_size:
+                self._tokens.popitem(last=False)
+            future.set_result(token)
+            return token
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Waiters receive the same error; nobody else awaits it otherwise.
+            future.exception()
+            raise
+        finally:
+            del self._pending[key]
 
     def start(self) -> None:
         """Authorize in the background so the first request does not pay for it."""

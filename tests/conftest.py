@@ -261,7 +261,8 @@ def no_secret_reaches_a_log() -> Iterator[None]:
     root.setLevel(saved_level)
     text = "\n".join(keep.lines)
     text += "".join(path.read_text(errors="replace") for path in LOG_FILES if path.exists())
-    assert len(keep.lines) > 10, "the capture saw no log lines: it is not wired"
+    if SECRETS:
+        assert any(line.startswith("app.") for line in keep.lines), "the log capture is not wired"
     secrets = SECRETS | SEEN_DOWNLOAD_TOKENS | {B2_KEY, JWT_SECRET}
     assert SEEN_DOWNLOAD_TOKENS or len(SECRETS) < 5, "no download token was recorded"
     leaked = sorted(s[:10] + "..." for s in secrets if s and s in text)

@@ -97,6 +97,7 @@ def assert_matches_contract(response: httpx.Response) -> None:
     assert response.headers["X-Request-ID"] == body["meta"]["request_id"]
     assert body["meta"]["timestamp"].endswith("Z")
     assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 # Download tokens seen in responses, so the suite can check none of them reached a log.

@@ -52,6 +52,8 @@ async def test_sigterm_lets_the_in_flight_request_finish(
         "B2_REALM": clean_emulator.url,
         "STORAGE_TIMEOUT_SECONDS": "5",
         "SHUTDOWN_GRACE_SECONDS": "10",
+        # The slow request must reach (slow) B2, not the token cache.
+        "EXPORT_URL_CACHE_SIZE": "0",
     }
     headers = bearer(world.jwt(tenant.org))
     await asyncio.to_thread(

@@ -36,7 +36,7 @@ async def test_b2_fault_is_503_within_the_storage_timeout(
     make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator, fault: dict
 ) -> None:
     export = await world.export(tenant)
-    settings = make_settings(storage_timeout_seconds=1.0)
+    settings = make_settings(storage_timeout_seconds=1.0, export_url_cache_size=0)
     async with serve(settings) as client:
         headers = bearer(world.jwt(tenant.org))
         assert (await client.get(tenant.path(export["id"]), headers=headers)).status_code == 200
@@ -54,7 +54,7 @@ async def test_expired_account_token_costs_one_shared_reauthorization(
     make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator
 ) -> None:
     exports = [await world.export(tenant) for _ in range(6)]
-    async with serve(make_settings()) as client:
+    async with serve(make_settings(export_url_cache_size=0)) as client:
         headers = bearer(world.jwt(tenant.org))
         assert (await client.get(tenant.path(exports[0]["id"]), headers=headers)).status_code == 200
         emulator.expire_account_tokens()
@@ -70,7 +70,9 @@ async def test_circuit_breaker_opens_then_closes_when_b2_recovers(
     make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator
 ) -> None:
     export = await world.export(tenant)
-    settings = make_settings(storage_breaker_threshold=3, storage_breaker_cooldown_seconds=0.5)
+    settings = make_settings(
+        storage_breaker_threshold=3, storage_breaker_cooldown_seconds=0.5, export_url_cache_size=0
+    )
     async with serve(settings) as client:
         headers = bearer(world.jwt(tenant.org))
         path = tenant.path(export["id"])
@@ -95,7 +97,9 @@ async def test_failed_trial_reopens_the_breaker(
     make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator
 ) -> None:
     export = await world.export(tenant)
-    settings = make_settings(storage_breaker_threshold=2, storage_breaker_cooldown_seconds=0.3)
+    settings = make_settings(
+        storage_breaker_threshold=2, storage_breaker_cooldown_seconds=0.3, export_url_cache_size=0
+    )
     async with serve(settings) as client:
         headers = bearer(world.jwt(tenant.org))
         path = tenant.path(export["id"])
@@ -116,7 +120,10 @@ async def test_saturated_b2_thread_pool_sheds_requests_within_the_deadline(
 ) -> None:
     export = await world.export(tenant)
     settings = make_settings(
-        storage_max_threads=1, storage_timeout_seconds=0.5, storage_breaker_threshold=100
+        storage_max_threads=1,
+        storage_timeout_seconds=0.5,
+        storage_breaker_threshold=100,
+        export_url_cache_size=0,
     )
     async with serve(settings) as client:
         headers = bearer(world.jwt(tenant.org))

@@ -214,10 +214,13 @@ async def test_bad_rs256_claims_are_401(
     assert_unauthorized(await jwks_client.get(tenant.path(uuid.uuid4()), headers=bearer(token)))
 
 
-async def test_unknown_kid_is_401(
-    jwks_client: httpx.AsyncClient, jwks: Jwks, tenant: Tenant
+@pytest.mark.parametrize(
+    "kid", ["other", "../../../../dev/null", "' OR '1'='1", "rsa-1\x00", "", "x" * 5000]
+)
+async def test_unknown_or_injected_kid_is_401(
+    jwks_client: httpx.AsyncClient, jwks: Jwks, tenant: Tenant, kid: str
 ) -> None:
-    token = jwt.encode(_claims(tenant.org), jwks.rsa, algorithm="RS256", headers={"kid": "other"})
+    token = jwt.encode(_claims(tenant.org), jwks.rsa, algorithm="RS256", headers={"kid": kid})
     assert_unauthorized(await jwks_client.get(tenant.path(uuid.uuid4()), headers=bearer(token)))
 
 
