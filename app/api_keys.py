@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,6 +41,39 @@ class ApiKeyOwner:
     key_id: uuid.UUID
     organization_id: uuid.UUID
     prefix: str
+    expires_at: datetime | None = None
+
+
+class ApiKeyCache:
+    """Recently verified keys, by hash, so a steady stream of requests costs one database round
+    trip each (the export lookup) instead of two. An entry lives `ttl` seconds at most and never
+    past the key's own expiry, so a revoked key stops working within `ttl` seconds. Only hits
+    are cached: unknown keys always reach the database."""
+
+    def __init__(
+        self, ttl: float, max_size: int = 10_000, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ttl = ttl
+        self._max_size = max_size
+        self._monotonic = monotonic
+        self._entries: OrderedDict[str, tuple[float, ApiKeyOwner]] = OrderedDict()
+
+    def get(self, key_hash: str, now: datetime) -> ApiKeyOwner | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        valid_until, owner = entry
+        if self._monotonic() >= valid_until or (owner.expires_at and owner.expires_at <= now):
+            del self._entries[key_hash]
+            return None
+        self._entries.move_to_end(key_hash)
+        return owner
+
+    def put(self, key_hash: str, owner: ApiKeyOwner) -> None:
+        self._entries[key_hash] = (self._monotonic() + self._ttl, owner)
+        self._entries.move_to_end(key_hash)
+        if len(self._entries) > self._max_size:
+            self._entries.popitem(last=False)
 
 
 def hash_key(key: str) -> str:
@@ -98,11 +134,13 @@ async def revoke_api_key(conn: AsyncConnection, key_id: uuid.UUID) -> ApiKeyReco
     return None if row is None else _record(row._mapping)
 
 
-async def find_active_key(conn: AsyncConnection, key: str) -> ApiKeyOwner | None:
+async def find_active_key(conn: AsyncConnection, key_hash: str) -> ApiKeyOwner | None:
     row = (
         await conn.execute(
-            select(api_keys.c.id, api_keys.c.organization_id, api_keys.c.prefix).where(
-                api_keys.c.key_hash == hash_key(key),
+            select(
+                api_keys.c.id, api_keys.c.organization_id, api_keys.c.prefix, api_keys.c.expires_at
+            ).where(
+                api_keys.c.key_hash == key_hash,
                 api_keys.c.revoked_at.is_(None),
                 or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > func.now()),
             )
@@ -110,7 +148,12 @@ async def find_active_key(conn: AsyncConnection, key: str) -> ApiKeyOwner | None
     ).one_or_none()
     if row is None:
         return None
-    return ApiKeyOwner(key_id=row.id, organization_id=row.organization_id, prefix=row.prefix)
+    return ApiKeyOwner(
+        key_id=row.id,
+        organization_id=row.organization_id,
+        prefix=row.prefix,
+        expires_at=row.expires_at,
+    )
 
 
 def _record(m: RowMapping) -> ApiKeyRecord:

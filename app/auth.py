@@ -23,10 +23,11 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 from jwt.types import Options
 
-from app.api_keys import KEY_PREFIX, ApiKeyOwner, find_active_key
+from app.api_keys import KEY_PREFIX, ApiKeyOwner, find_active_key, hash_key
 from app.config import HMAC_ALGORITHMS, Settings
 from app.db import database_call
 from app.errors import RateLimited, Unauthorized
+from app.request_context import utc_now
 from app.state import AppState, app_state
 
 logger = logging.getLogger("app.auth")
@@ -206,11 +207,18 @@ async def _authenticate_api_key(state: AppState, key: str) -> Principal:
     if not key.startswith(KEY_PREFIX) or not key.isascii():
         raise Unauthorized("The API key is not valid.")
 
-    async def lookup() -> ApiKeyOwner | None:
-        async with state.read_engine.connect() as conn:
-            return await find_active_key(conn, key)
+    key_hash = hash_key(key)
+    cache = state.api_key_cache
+    owner = cache.get(key_hash, utc_now()) if cache else None
+    if owner is None:
 
-    owner = await database_call(state.settings.db_deadline_seconds, lookup)
+        async def lookup() -> ApiKeyOwner | None:
+            async with state.read_engine.connect() as conn:
+                return await find_active_key(conn, key_hash)
+
+        owner = await database_call(state.settings.db_deadline_seconds, lookup)
+        if owner is not None and cache is not None:
+            cache.put(key_hash, owner)
     if owner is None:
         raise Unauthorized("The API key is not valid, has expired or was revoked.")
     return Principal(

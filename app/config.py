@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # On SIGTERM, in-flight requests get this long to finish before the process exits.
     shutdown_grace_seconds: int = Field(20, ge=0, le=600)
 
+    # A verified API key is trusted this long without asking the database again, so a revoked
+    # key keeps working at most this long; 0 checks the database on every request.
+    api_key_cache_seconds: float = Field(10.0, ge=0, le=3600)
+
     # Requests per minute per credential (API key, or dashboard user); 0 turns limiting off.
     rate_limit_per_minute: int = Field(1200, ge=0, le=1_000_000)
     rate_limit_burst: int = Field(100, ge=1, le=1_000_000)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from app.api_keys import ApiKeyCache
 from app.auth import JwksCache, JwtVerifier
 from app.config import Settings, get_settings
 from app.db import create_engine, database_url
@@ -52,6 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             read_engine=engine.execution_options(isolation_level="AUTOCOMMIT"),
             jwt_verifier=JwtVerifier(settings, jwks),
             signer=signer,
+            api_key_cache=(
+                ApiKeyCache(settings.api_key_cache_seconds)
+                if settings.api_key_cache_seconds
+                else None
+            ),
             rate_limiter=(
                 RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
                 if settings.rate_limit_per_minute

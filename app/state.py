@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api_keys import ApiKeyCache
 from app.config import Settings
 from app.rate_limit import RateLimiter
 
@@ -25,6 +26,7 @@ class AppState:
     jwt_verifier: JwtVerifier
     signer: DownloadSigner | None
     rate_limiter: RateLimiter | None
+    api_key_cache: ApiKeyCache | None
     # Set when SIGTERM arrives: /readyz answers 503 so load balancers stop routing here.
     draining: bool = False
 

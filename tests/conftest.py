@@ -216,7 +216,9 @@ def live_server(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [CLI, "serve", "--port", str(port)],
-            env=cli_env | {"RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "DEBUG"},
+            # No key cache: the CLI tests check that a revoked key fails on the next request.
+            env=cli_env
+            | {"RATE_LIMIT_PER_MINUTE": "0", "API_KEY_CACHE_SECONDS": "0", "LOG_LEVEL": "DEBUG"},
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

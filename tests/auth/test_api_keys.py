@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from app.api_keys import generate_key, hash_key, revoke_api_key
 from app.tables import api_keys
-from tests.conftest import Tenant, World, bearer, key_headers
+from tests.conftest import MakeSettings, Tenant, World, bearer, key_headers, serve
 
 
 def assert_unauthorized(response: httpx.Response, *, mentions: str | None = None) -> None:
@@ -45,18 +46,50 @@ async def test_key_without_sk_prefix_is_401(
     assert_unauthorized(response)
 
 
-async def test_revoked_key_is_401(client: httpx.AsyncClient, world: World, tenant: Tenant) -> None:
-    export = await world.export(tenant, status="processing")
-    key = await world.api_key(tenant.org)
-    assert (
-        await client.get(tenant.path(export["id"]), headers=key_headers(key))
-    ).status_code == 409
+async def _revoke(world: World, key: str) -> None:
     async with world.db.begin() as conn:
         key_id = (
             await conn.execute(select(api_keys.c.id).where(api_keys.c.key_hash == hash_key(key)))
         ).scalar_one()
         await revoke_api_key(conn, key_id)
-    assert_unauthorized(await client.get(tenant.path(export["id"]), headers=key_headers(key)))
+
+
+async def test_revoked_key_is_401_at_once_without_the_key_cache(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    export = await world.export(tenant, status="processing")
+    key = await world.api_key(tenant.org)
+    async with serve(make_settings(api_key_cache_seconds=0)) as client:
+        path = tenant.path(export["id"])
+        assert (await client.get(path, headers=key_headers(key))).status_code == 409
+        await _revoke(world, key)
+        assert_unauthorized(await client.get(path, headers=key_headers(key)))
+
+
+async def test_revocation_takes_effect_within_the_key_cache_lifetime(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    export = await world.export(tenant, status="processing")
+    key = await world.api_key(tenant.org)
+    async with serve(make_settings(api_key_cache_seconds=0.5)) as client:
+        path = tenant.path(export["id"])
+        assert (await client.get(path, headers=key_headers(key))).status_code == 409
+        await _revoke(world, key)
+        # Still trusted from the cache: the documented bound on revocation delay.
+        assert (await client.get(path, headers=key_headers(key))).status_code == 409
+        await asyncio.sleep(0.6)
+        assert_unauthorized(await client.get(path, headers=key_headers(key)))
+
+
+async def test_cached_key_still_stops_at_its_own_expiry(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org, expires_at=datetime.now(UTC) + timedelta(seconds=1))
+    async with serve(make_settings(api_key_cache_seconds=60)) as client:
+        path = tenant.path(uuid.uuid4())
+        assert (await client.get(path, headers=key_headers(key))).status_code == 404
+        await asyncio.sleep(1.1)
+        assert_unauthorized(await client.get(path, headers=key_headers(key)))
 
 
 async def test_expired_key_is_401(client: httpx.AsyncClient, world: World, tenant: Tenant) -> None:
@@ -137,3 +170,38 @@ async def test_oversized_credentials_are_401(client: httpx.AsyncClient, tenant: 
 async def test_non_ascii_api_key_is_401(client: httpx.AsyncClient, tenant: Tenant) -> None:
     headers = [(b"X-API-Key", "sk_é€".encode())]
     assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=headers))
+
+
+async def test_steady_api_key_traffic_costs_one_statement_per_request(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    from sqlalchemy import event
+
+    from app.main import create_app
+    from tests.contract import validate_response_hook
+
+    export = await world.export(tenant, status="processing")
+    key = await world.api_key(tenant.org)
+    app = create_app(make_settings())
+    statements: list[str] = []
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://orbit.test",
+            event_hooks={"response": [validate_response_hook]},
+        ) as client,
+    ):
+        event.listen(
+            app.state.orbit.engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: statements.append(statement),
+        )
+        path = tenant.path(export["id"])
+        assert (await client.get(path, headers=key_headers(key))).status_code == 409
+        assert len(statements) == 2  # the key, then the export
+        statements.clear()
+        for _ in range(5):
+            assert (await client.get(path, headers=key_headers(key))).status_code == 409
+        assert len(statements) == 5
+        assert all("intent_audience_exports" in s for s in statements)
