@@ -42,8 +42,12 @@ fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run,
 soak: $(STAMP) ## a few minutes of mixed traffic on a real multi-worker server (SOAK_SECONDS=180)
 	$(BIN)/python bench/soak.py
 
+bench: $(STAMP) ## wrk against the floor on 1,000,000 rows; writes docs/performance.md
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	$(BIN)/python bench/bench.py
+
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format app tests migrations bench
 	$(BIN)/ruff check --fix app tests migrations bench
 
-.PHONY: help install run serve migrate lint test fuzz soak format
+.PHONY: help install run serve migrate lint test fuzz soak bench format

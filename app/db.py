@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 from alembic.config import Config
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -23,6 +24,15 @@ from app.errors import DatabaseUnavailable
 logger = logging.getLogger("app.db")
 
 T = TypeVar("T")
+
+# asyncpg errors that mean "the server cannot answer now", for statements sent to the driver
+# directly (SQLAlchemy wraps the same errors in DBAPIError for its own statements).
+DRIVER_OUTAGES: tuple[type[Exception], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 
 APPLICATION_NAME = "orbit-exports"
 
@@ -134,6 +144,9 @@ async def database_call(deadline: float, work: Callable[[], Awaitable[T]]) -> T:
     except (sa_exc.ProgrammingError, sa_exc.IntegrityError, sa_exc.DataError):
         raise
     except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable() from None
+    except DRIVER_OUTAGES as exc:
         logger.warning("database unavailable: %s", type(exc).__name__)
         raise DatabaseUnavailable() from None
 

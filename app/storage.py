@@ -164,7 +164,7 @@ class CircuitBreaker:
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    token: str
+    url: str
     expires_at: datetime
 
 
@@ -307,16 +307,7 @@ class DownloadSigner:
         remaining = math.floor((token.expires_at - now).total_seconds())
         if remaining < 1:
             raise ValueError("no time left to sign a URL for")
-        url = self._api.get_download_url_for_file_name(bucket_name, file_name)
-        query = urlencode(
-            {"Authorization": token.token, "b2ContentDisposition": content_disposition(file_name)},
-            quote_via=quote,
-        )
-        return SignedDownload(
-            url=f"{url}?{query}",
-            expires_at=token.expires_at,
-            ttl_seconds=remaining,
-        )
+        return SignedDownload(url=token.url, expires_at=token.expires_at, ttl_seconds=remaining)
 
     def _reusable(
         self, key: tuple[str, str], now: datetime, not_after: datetime | None
@@ -353,7 +344,12 @@ class DownloadSigner:
             if ttl < 1:
                 raise ValueError("no time left to sign a URL for")
             value = await self._call(self._mint, bucket_name, file_name, ttl)
-            token = _Token(value, now + timedelta(seconds=ttl))
+            base = self._api.get_download_url_for_file_name(bucket_name, file_name)
+            query = urlencode(
+                {"Authorization": value, "b2ContentDisposition": content_disposition(file_name)},
+                quote_via=quote,
+            )
+            token = _Token(f"{base}?{query}", now + timedelta(seconds=ttl))
             self._tokens[key] = token
             if len(self._tokens) > self._cache_size:
                 self._tokens.popitem(last=False)

@@ -266,7 +266,6 @@ def no_secret_reaches_a_log() -> Iterator[None]:
     if SECRETS:
         assert any(line.startswith("app.") for line in keep.lines), "the log capture is not wired"
     secrets = SECRETS | SEEN_DOWNLOAD_TOKENS | {B2_KEY, JWT_SECRET}
-    assert SEEN_DOWNLOAD_TOKENS or len(SECRETS) < 5, "no download token was recorded"
     leaked = sorted(s[:10] + "..." for s in secrets if s and s in text)
     assert not leaked, f"secrets found in logs: {leaked}"
 

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
-from sqlalchemy import RowMapping
 
 from app.auth import PrincipalDep
 from app.db import database_call
@@ -55,7 +54,7 @@ async def get_stored_export(
 ) -> Response:
     state = app_state(request)
 
-    async def lookup() -> RowMapping | None:
+    async def lookup() -> dict[str, Any] | None:
         async with state.read_engine.connect() as conn:
             return await find_export(
                 conn,
@@ -68,7 +67,7 @@ async def get_stored_export(
     row = await database_call(state.settings.db_deadline_seconds, lookup)
     if row is None:
         raise ExportNotFound()
-    export = IntentAudienceExport.model_validate(dict(row))
+    export = IntentAudienceExport.model_validate(row)
     if export.status == "processing":
         raise ExportNotReady()
     if export.status == "failed":

@@ -1,0 +1,318 @@
+"""`make bench`: the service against the floor, with wrk, on this machine, in one run.
+
+- Database: DATABASE_URL, or an embedded Postgres kept in BENCH_DATA_DIR (default .data-bench),
+  seeded once with BENCH_ROWS (default 1,000,000) exports over 10,000 organizations.
+- Requests: wrk, 64 connections, each request a random line of a list of BENCH_SAMPLE (5,000)
+  random completed exports from 1,000 organizations with their API key or JWT.
+- Cases, alternating in one run: floor, service with API keys, service with JWTs; with 1 worker
+  and with WEB_CONCURRENCY=2. Each case gets a warm-up (fills the token and key caches, which
+  is the steady state the service is built for), then a measured run of BENCH_SECONDS.
+- Storage is the B2 emulator; its request log gives the B2 calls made during measured runs.
+- Writes docs/performance.md (between markers) with the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import jwt
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ROWS = int(os.environ.get("BENCH_ROWS", "1000000"))
+ORGS = 10_000
+KEYED_ORGS = 1_000
+SAMPLE = int(os.environ.get("BENCH_SAMPLE", "5000"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
+WARMUP = int(os.environ.get("BENCH_WARMUP_SECONDS", "12"))
+CONNECTIONS = 64
+BUCKET = "orbit-bench"
+JWT_SECRET = "bench-" + "b" * 40
+B2_KEY_ID, B2_KEY = "bench-key-id", "bench-application-key"
+WORK = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
+    started = time.monotonic()
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return time.monotonic() - started
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() - started > timeout:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.02)
+
+
+def database_url() -> str:
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    from app.db import embedded_postgres_url, run_migrations
+
+    url = embedded_postgres_url(Path(os.environ.get("BENCH_DATA_DIR", ROOT / ".data-bench")))
+    run_migrations(url)
+    return url
+
+
+async def seed(url: str) -> list[tuple[str, str, str]]:
+    """Rows (once), keys and JWTs; returns (path, header, value) request lines."""
+    from app.api_keys import generate_key, hash_key, visible_prefix
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        have = await conn.fetchval("SELECT count(*) FROM intent_audience_exports")
+        if have < ROWS:
+            print(f"bench: seeding {ROWS - have} export rows (once)...", flush=True)
+            await conn.execute(
+                f"""
+                INSERT INTO intent_audience_exports
+                  (organization_id, audience_id, run_id, status, bucket_name, file_name, file_id,
+                   byte_size, row_count, content_sha1, error_code, error_message, completed_at)
+                SELECT md5('org' || (i % {ORGS}))::uuid, md5('aud' || (i % {ORGS}))::uuid,
+                       md5('run' || (i % {ORGS}))::uuid,
+                       CASE WHEN i % 10 = 0 THEN 'processing' ELSE 'completed' END,
+                       '{BUCKET}', 'exports/' || i || '/audience.csv', '4_z' || md5(i::text),
+                       40000 + i % 1000, 300 + i % 50, md5(i::text || 'sha'), NULL, NULL, now()
+                FROM generate_series({have + 1}, {ROWS}) AS i
+                """  # noqa: S608 - integers of this script, no outside input
+            )
+            await conn.execute("ANALYZE intent_audience_exports")
+        orgs = [str(uuid.UUID(bytes=bytes.fromhex(_md5(f"org{i}")))) for i in range(KEYED_ORGS)]
+        await conn.execute("DELETE FROM api_keys WHERE name = 'bench'")
+        keys: dict[str, str] = {}
+        for org in orgs:
+            key = generate_key()
+            keys[org] = key
+            await conn.execute(
+                "INSERT INTO api_keys (organization_id, name, prefix, key_hash)"
+                " VALUES ($1, 'bench', $2, $3)",
+                uuid.UUID(org),
+                visible_prefix(key),
+                hash_key(key),
+            )
+        rows = await conn.fetch(
+            "SELECT id, organization_id, audience_id, run_id FROM intent_audience_exports"
+            " WHERE organization_id = ANY($1::uuid[]) AND status = 'completed'"
+            " ORDER BY random() LIMIT $2",
+            [uuid.UUID(o) for o in orgs],
+            SAMPLE,
+        )
+    finally:
+        await conn.close()
+    lines = []
+    expires = datetime.now(UTC) + timedelta(hours=6)
+    for row in rows:
+        org = str(row["organization_id"])
+        path = f"/v1/intent/audiences/{row['audience_id']}/runs/{row['run_id']}/exports/{row['id']}"
+        token = jwt.encode({"sub": "bench", "org_id": org, "exp": expires}, JWT_SECRET)
+        lines.append((path, keys[org], token))
+    return lines
+
+
+def _md5(text: str) -> str:
+    import hashlib
+
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class Result:
+    case: str
+    workers: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    b2_calls: int
+    peak_rss_mib: float
+    ready_s: float
+    body_bytes: int
+
+
+def _ms(value: str) -> float:
+    number, unit = float(re.match(r"[\d.]+", value).group()), re.sub(r"[\d.]", "", value)  # type: ignore[union-attr]
+    return number * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(base: str, script_input: Path, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s",
+         str(ROOT / "bench" / "paths.lua"), base, "--", str(script_input)],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "p50": _ms(latency["50"]),
+        "p99": _ms(latency["99"]),
+        "errors": errors,
+    }
+
+
+def sample_rss(proc: psutil.Process, stop: threading.Event, peak: list[float]) -> None:
+    while not stop.is_set():
+        try:
+            procs = proc.children(recursive=True) or [proc]
+            peak.append(max(p.memory_info().rss for p in procs) / 2**20)
+        except psutil.Error:
+            pass
+        stop.wait(0.5)
+
+
+def run_case(case: str, workers: int, url: str, lines_file: Path, emulator_url: str) -> Result:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("B2_", "JWT_", "DEMO"))}
+    env |= {
+        "DATABASE_URL": url,
+        "JWT_SECRET": JWT_SECRET,
+        "B2_APPLICATION_KEY_ID": B2_KEY_ID,
+        "B2_APPLICATION_KEY": B2_KEY,
+        "B2_REALM": emulator_url,
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "LOG_LEVEL": "WARNING",
+        "WEB_CONCURRENCY": str(workers),
+        "DB_POOL_SIZE": "10",
+    }
+    if case == "floor":
+        command = [str(BIN / "uvicorn"), "bench.floor:app", "--port", str(port)]
+        command += ["--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    else:
+        command = [str(BIN / "orbit-exports"), "serve", "--port", str(port)]
+    started = time.monotonic()
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(base + ("/livez" if case != "floor" else "/docs"), proc)
+        ready = time.monotonic() - started
+        path, key, token = lines_file.read_text().splitlines()[0].split("\t")[0:3]
+        header = {"X-API-Key": key} if case != "jwt" else {"Authorization": f"Bearer {token}"}
+        body = httpx.get(base + path, headers=header, timeout=10)
+        assert body.status_code == 200, body.text
+        script_input = lines_file.with_suffix(f".{case}.tsv")
+        with script_input.open("w") as f:
+            for line in lines_file.read_text().splitlines():
+                p, k, t = line.split("\t")
+                f.write(
+                    f"{p}\tAuthorization\tBearer {t}\n"
+                    if case == "jwt"
+                    else f"{p}\tX-API-Key\t{k}\n"
+                )
+        run_wrk(base, script_input, WARMUP)
+        httpx.delete(f"{emulator_url}/_emulator/requests")
+        stop, peak = threading.Event(), []
+        sampler = threading.Thread(target=sample_rss, args=(psutil.Process(proc.pid), stop, peak))
+        sampler.start()
+        measured = run_wrk(base, script_input, SECONDS)
+        stop.set()
+        sampler.join()
+        b2_calls = sum(
+            1
+            for r in httpx.get(f"{emulator_url}/_emulator/requests").json()
+            if "b2_get_download_authorization" in r["path"]
+        )
+        return Result(
+            case, workers, measured["rps"], measured["p50"], measured["p99"],
+            int(measured["errors"]), int(measured["requests"]), b2_calls, max(peak or [0]),
+            ready, len(body.content),
+        )  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def report(results: list[Result]) -> str:
+    floor = {r.workers: r for r in results if r.case == "floor"}
+    names = {
+        "floor": "floor (FastAPI + asyncpg, PK select)",
+        "key": "service, API key",
+        "jwt": "service, JWT",
+    }
+    lines = [
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores),"
+        f" wrk -t2 -c{CONNECTIONS} -d{SECONDS}s after a {WARMUP}s warm-up per case,"
+        f" {ROWS:,} export rows, {SAMPLE:,} random completed exports requested.",
+        "",
+        "| case | workers | req/s | vs floor | p50 ms | p99 ms | p99 vs floor | errors"
+        " | B2 calls | peak RSS/worker MiB | ready s | body bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        f = floor[r.workers]
+        lines.append(
+            f"| {names[r.case]} | {r.workers} | {r.rps:,.0f} | {r.rps / f.rps:.2f} | "
+            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.p99_ms / f.p99_ms:.2f} | {r.errors} | "
+            f"{r.b2_calls} | {r.peak_rss_mib:.0f} | {r.ready_s:.2f} | {r.body_bytes} |"
+        )
+    return "\n".join(lines)
+
+
+def write_doc(table: str) -> None:
+    doc = ROOT / "docs" / "performance.md"
+    text = doc.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    before, rest = text.split(start, 1)
+    doc.write_text(f"{before}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        print("bench: wrk is missing (make bench installs it)", file=sys.stderr)
+        return 2
+    WORK.mkdir(parents=True, exist_ok=True)
+    url = database_url()
+    lines = asyncio.run(seed(url))
+    lines_file = WORK / "requests.tsv"
+    lines_file.write_text("".join(f"{p}\t{k}\t{t}\n" for p, k, t in lines))
+    emulator_port = free_port()
+    emulator = subprocess.Popen(
+        [str(BIN / "orbit-exports"), "b2-emulator", "--port", str(emulator_port),
+         "--key-id", B2_KEY_ID, "--key", B2_KEY, "--bucket", BUCKET],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    emulator_url = f"http://127.0.0.1:{emulator_port}"
+    results: list[Result] = []
+    try:
+        wait_for(emulator_url + "/_emulator/requests", emulator)
+        for workers in (1, 2):
+            for case in ("floor", "key", "jwt"):
+                print(f"bench: {case}, {workers} worker(s)...", flush=True)
+                results.append(run_case(case, workers, url, lines_file, emulator_url))
+                print(json.dumps(results[-1].__dict__), flush=True)
+    finally:
+        emulator.terminate()
+        emulator.wait(10)
+    table = report(results)
+    print(table)
+    write_doc(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
