@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from app.api_keys import ApiKeyCache
-from app.auth import JwksCache, JwtVerifier
+from app.auth import SECURITY_SCHEMES, JwksCache, JwtVerifier
 from app.config import Settings, get_settings
 from app.db import create_engine, database_url
 from app.errors import install_error_handlers
@@ -84,4 +87,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(exports_router)
     app.include_router(health_router)
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +20,7 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 
 # Responses may carry a signed URL or describe a tenant's data: no cache may keep them.
 _STATIC_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_STATIC_RAW = [(k.lower().encode(), v.encode()) for k, v in _STATIC_HEADERS.items()]
 
 
 def choose_request_id(raw: str | None) -> str:
@@ -54,7 +54,8 @@ def response_headers(request: Request) -> dict[str, str]:
 class RequestContextMiddleware:
     """Assigns the request id before anything else runs and stamps the common headers.
 
-    Pure ASGI rather than BaseHTTPMiddleware: it adds no task hop per request.
+    Pure ASGI on the raw header lists (no Request/MutableHeaders objects): it runs on every
+    request, and the profile showed the object-based version at several percent of it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -64,15 +65,20 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
-        headers_to_add = response_headers(request)
+        raw_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                raw_id = value.decode("latin-1")
+                break
+        rid = choose_request_id(raw_id)
+        scope.setdefault("state", {})["request_id"] = rid
+        extra = [*_STATIC_RAW, (b"x-request-id", rid.encode("latin-1"))]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in headers_to_add.items():
-                    if name not in headers:
-                        headers[name] = value
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [item for item in extra if item[0] not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

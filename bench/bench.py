@@ -2,7 +2,7 @@
 
 - Database: DATABASE_URL, or an embedded Postgres kept in BENCH_DATA_DIR (default .data-bench),
   seeded once with BENCH_ROWS (default 1,000,000) exports over 10,000 organizations.
-- Requests: wrk, 64 connections, each request a random line of a list of BENCH_SAMPLE (5,000)
+- Requests: wrk, 64 connections, each request a random line of a list of BENCH_SAMPLE (3,000)
   random completed exports from 1,000 organizations with their API key or JWT.
 - Cases, alternating in one run: floor, service with API keys, service with JWTs; with 1 worker
   and with WEB_CONCURRENCY=2. Each case gets a warm-up (fills the token and key caches, which
@@ -38,9 +38,9 @@ BIN = Path(sys.executable).parent
 ROWS = int(os.environ.get("BENCH_ROWS", "1000000"))
 ORGS = 10_000
 KEYED_ORGS = 1_000
-SAMPLE = int(os.environ.get("BENCH_SAMPLE", "5000"))
+SAMPLE = int(os.environ.get("BENCH_SAMPLE", "3000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
-WARMUP = int(os.environ.get("BENCH_WARMUP_SECONDS", "12"))
+WARMUP = int(os.environ.get("BENCH_WARMUP_SECONDS", "15"))
 CONNECTIONS = 64
 BUCKET = "orbit-bench"
 JWT_SECRET = "bench-" + "b" * 40

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
-from app.auth import PrincipalDep
+from app.auth import SECURITY_REQUIREMENT, PrincipalDep
 from app.db import database_call
 from app.errors import (
     ExportExpired,
@@ -44,6 +44,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Get a stored export and fresh signed download URL",
     response_model=StoredExportResponse,
     responses=_RESPONSES,
+    openapi_extra={"security": SECURITY_REQUIREMENT},
 )
 async def get_stored_export(
     request: Request,
