@@ -32,6 +32,7 @@ import asyncpg
 import httpx
 import jwt
 import psutil
+from doc_sections import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -273,12 +274,8 @@ def report(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(table: str) -> None:
-    doc = ROOT / "docs" / "performance.md"
-    text = doc.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    before, rest = text.split(start, 1)
-    doc.write_text(f"{before}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+def write_doc(text: str) -> None:
+    replace_section(ROOT / "docs" / "performance.md", "bench", text)
 
 
 def main() -> int:

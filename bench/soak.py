@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import jwt
 import psutil
+from doc_sections import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "orbit-exports")
@@ -237,13 +238,8 @@ def summarize(stats: dict[str, object], samples: list[tuple[float, list[int]]]) 
     return "\n".join(lines)
 
 
-def write_doc(report: str) -> None:
-    doc = ROOT / "docs" / "reliability.md"
-    text = doc.read_text()
-    start, end = "<!-- soak:start -->", "<!-- soak:end -->"
-    before, rest = text.split(start, 1)
-    after = rest.split(end, 1)[1]
-    doc.write_text(f"{before}{start}\n{report}\n{end}{after}")
+def write_doc(text: str) -> None:
+    replace_section(ROOT / "docs" / "reliability.md", "soak", text)
 
 
 if __name__ == "__main__":

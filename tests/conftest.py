@@ -238,7 +238,9 @@ LOG_FILES: list[Path] = []
 SECRETS: set[str] = set()
 
 
-class _KeepLines(logging.Handler):
+class KeepLines(logging.Handler):
+    """Keeps every record formatted as a log file would receive it, traceback included."""
+
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.lines: list[str] = []
@@ -256,7 +258,7 @@ def no_secret_reaches_a_log() -> Iterator[None]:
     root.setLevel(logging.DEBUG)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    keep = _KeepLines()
+    keep = KeepLines()
     root.addHandler(keep)
     yield
     root.removeHandler(keep)

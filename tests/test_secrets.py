@@ -14,6 +14,7 @@ from app.logs import configure_logging
 from tests.conftest import (
     B2_KEY,
     JWT_SECRET,
+    KeepLines,
     MakeSettings,
     World,
     bearer,
@@ -23,23 +24,13 @@ from tests.conftest import (
 )
 
 
-class Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # Formatted with traceback, exactly as a log file would receive it.
-        self.lines.append(logging.Formatter("%(name)s %(message)s").format(record))
-
-
 @pytest.fixture
-def captured() -> Iterator[Capture]:
+def captured() -> Iterator[KeepLines]:
     """The production log configuration at DEBUG, plus a handler that keeps every line."""
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     configure_logging("DEBUG")
-    handler = Capture()
+    handler = KeepLines()
     root.addHandler(handler)
     yield handler
     root.handlers[:] = saved[1]
@@ -47,7 +38,7 @@ def captured() -> Iterator[Capture]:
 
 
 async def test_no_secret_is_logged_or_echoed(
-    make_settings: MakeSettings, world: World, captured: Capture
+    make_settings: MakeSettings, world: World, captured: KeepLines
 ) -> None:
     tenant = world.tenant()
     export = await world.export(tenant)
