@@ -30,6 +30,8 @@ def captured() -> Iterator[KeepLines]:
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     configure_logging("DEBUG")
+    for kept in saved[1]:  # the suite-wide capture keeps seeing everything too
+        root.addHandler(kept)
     handler = KeepLines()
     root.addHandler(handler)
     yield handler
