@@ -2,29 +2,37 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# `make run` needs only the service; tests, linters and load tools come with the dev extras.
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-dev
 
 .DEFAULT_GOAL := help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
-run: $(STAMP) ## demo on 127.0.0.1:$$PORT (8000): embedded Postgres, B2 emulator, seeded data
+run: $(RUN_STAMP) ## demo on 127.0.0.1:$$PORT (8000): embedded Postgres, B2 emulator, seeded data
 	$(BIN)/orbit-exports serve --demo
 
-serve: $(STAMP) ## the API alone, configured from the environment (no demo data)
+serve: $(RUN_STAMP) ## the API alone, configured from the environment (no demo data)
 	$(BIN)/orbit-exports serve
 
-migrate: $(STAMP) ## apply migrations to DATABASE_URL (or the embedded Postgres)
+migrate: $(RUN_STAMP) ## apply migrations to DATABASE_URL (or the embedded Postgres)
 	$(BIN)/orbit-exports migrate
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict app
