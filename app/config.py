@@ -6,6 +6,7 @@ environment and an optional `.env` file, so they always agree on the database an
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +18,7 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
 # Below this a shared HMAC secret is guessable offline from one captured token.
 MIN_JWT_SECRET_LENGTH = 32
 
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     # A verified API key is trusted this long without asking the database again, so a revoked
     # key keeps working at most this long; 0 checks the database on every request.
     api_key_cache_seconds: float = Field(10.0, ge=0, le=3600)
+
+    # Browser origins (scheme://host[:port]) allowed to call the API, comma separated.
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
 
     # Requests per minute per credential (API key, or dashboard user); 0 turns limiting off.
     rate_limit_per_minute: int = Field(1200, ge=0, le=1_000_000)
@@ -98,6 +103,24 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported JWT algorithms: {', '.join(unknown)}")
         if not value:
             raise ValueError("JWT_ALGORITHMS must name at least one algorithm")
+        return value
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    "CORS_ALLOW_ORIGINS takes exact origins like https://app.example.com,"
+                    f" not {origin!r}"
+                )
         return value
 
     @field_validator("database_url")

@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from app.api_keys import ApiKeyCache
 from app.auth import SECURITY_SCHEMES, JwksCache, JwtVerifier
 from app.config import Settings, get_settings
+from app.cors import DashboardCORSMiddleware
 from app.db import create_engine, database_url
 from app.errors import install_error_handlers
 from app.exports.router import router as exports_router
@@ -83,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Get a stored audience export with a fresh signed Backblaze B2 download URL.",
         lifespan=lifespan,
     )
+    if settings.cors_allow_origins:
+        app.add_middleware(DashboardCORSMiddleware, origins=settings.cors_allow_origins)
+    # Added last, so outermost: every response, CORS rejections included, gets its request id.
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
     app.include_router(exports_router)
