@@ -125,7 +125,8 @@ class DatabaseUnavailable(ApiError):
 
 def error_response(request: Request, error: ApiError) -> Response:
     # Imported here to keep this module free of the response models' import cycle.
-    from app.exports.schemas import ApiErrorBody, ApiErrorResponse
+    from app.exports.schemas import ApiError as ApiErrorBody
+    from app.exports.schemas import ApiErrorResponse
 
     body = ApiErrorResponse(
         error=ApiErrorBody(code=error.code, message=error.message, details=error.details),

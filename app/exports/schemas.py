@@ -6,10 +6,10 @@ See `shared/spec/get-stored-export.openapi.yaml`; names and nullability must not
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 
@@ -17,6 +17,8 @@ class CamelModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, from_attributes=True)
 
 
+# Fields the contract does not list as required default to None, so the generated OpenAPI
+# has the contract's `required` lists exactly (tests/test_openapi.py).
 class IntentAudienceExport(CamelModel):
     id: UUID
     organization_id: UUID
@@ -25,25 +27,25 @@ class IntentAudienceExport(CamelModel):
     export_type: Literal["csv"]
     status: Literal["processing", "completed", "failed"]
     storage_provider: Literal["b2"]
-    bucket_name: str | None
-    file_id: str | None
-    file_name: str | None
+    bucket_name: str | None = None
+    file_id: str | None = None
+    file_name: str | None = None
     content_type: str
     byte_size: int
     row_count: int
-    content_sha1: str | None
-    error_code: str | None
-    error_message: str | None
-    requested_by: UUID | None
-    completed_at: datetime | None
-    expires_at: datetime | None
-    created_at: datetime | None
-    updated_at: datetime | None
+    content_sha1: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    requested_by: UUID | None = None
+    completed_at: datetime | None = None
+    expires_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
 
 class IntentAudienceExportWithUrl(CamelModel):
     export: IntentAudienceExport
-    download_url: str | None = Field(json_schema_extra={"format": "uri"})
+    download_url: Annotated[str, WithJsonSchema({"type": "string", "format": "uri"})] | None
     download_url_expires_at: datetime | None
     download_url_ttl_seconds: int | None
 
@@ -58,12 +60,12 @@ class StoredExportResponse(BaseModel):
     meta: ApiMeta
 
 
-class ApiErrorBody(BaseModel):
+class ApiError(BaseModel):
     code: str
     message: str
     details: Any = None
 
 
 class ApiErrorResponse(BaseModel):
-    error: ApiErrorBody
+    error: ApiError
     meta: ApiMeta
