@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
 run: $(RUN_STAMP) ## demo on 127.0.0.1:$$PORT (8000): embedded Postgres, B2 emulator, seeded data
-	$(BIN)/orbit-exports serve --demo
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-exports serve --demo
 
 serve: $(RUN_STAMP) ## the API alone, configured from the environment (no demo data)
 	$(BIN)/orbit-exports serve

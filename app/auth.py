@@ -267,6 +267,7 @@ async def authenticate(request: Request) -> Principal:
         principal = state.jwt_verifier.verify(_bearer_token(authorization))
     else:
         raise Unauthorized("Authenticate with X-API-Key: sk_... or Authorization: Bearer <JWT>.")
+    request.state.principal = principal
     if state.rate_limiter is not None:
         wait = state.rate_limiter.retry_after(principal.rate_limit_key)
         if wait is not None:

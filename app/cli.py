@@ -154,6 +154,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
             log_level=settings.log_level.lower(),
             proxy_headers=False,
+            # One structured line per request comes from the app (app.access) instead.
+            access_log=False,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
     finally:
@@ -420,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     result: int = args.handler(args, settings)
     return result
 

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # JSON lines for machines; `console` for people (`make run` uses it).
+    log_format: Literal["json", "console"] = "json"
 
     # `serve --demo`: seed demo data at start; with no B2 credentials, run the B2 emulator too.
     demo: bool = False

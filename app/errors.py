@@ -128,6 +128,7 @@ def error_response(request: Request, error: ApiError) -> Response:
     from app.exports.schemas import ApiError as ApiErrorBody
     from app.exports.schemas import ApiErrorResponse
 
+    request.state.error_code = error.code
     body = ApiErrorResponse(
         error=ApiErrorBody(code=error.code, message=error.message, details=error.details),
         meta=envelope_meta(request),

@@ -21,6 +21,7 @@ from app.errors import install_error_handlers
 from app.exports.router import router as exports_router
 from app.health import draining_on_sigterm
 from app.health import router as health_router
+from app.logs import configure_logging
 from app.rate_limit import RateLimiter
 from app.request_context import RequestContextMiddleware
 from app.state import AppState
@@ -31,6 +32,8 @@ logger = logging.getLogger("app.main")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Worker processes start fresh: give them the same log setup as the command.
+    configure_logging(settings.log_level, settings.log_format)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

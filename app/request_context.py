@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from app.exports.schemas import ApiMeta
+
+access_log = logging.getLogger("app.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Caller-chosen ids end up in logs and response headers: only a short, plain token is echoed,
@@ -71,14 +75,48 @@ class RequestContextMiddleware:
                 raw_id = value.decode("latin-1")
                 break
         rid = choose_request_id(raw_id)
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
         extra = [*_STATIC_RAW, (b"x-request-id", rid.encode("latin-1"))]
+        started = time.perf_counter()
+        status = 500  # unless a response starts: an exception escaped to the 500 handler
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
                 message["headers"] = headers + [item for item in extra if item[0] not in present]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            _log_request(scope, state, status, time.perf_counter() - started)
+
+
+def _log_request(scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+    """One structured line per request: who, what, how it ended, whether B2 was called."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    route = scope.get("route")
+    principal = state.get("principal")
+    is_key = getattr(principal, "method", None) == "api_key"
+    fields = {
+        "request_id": state.get("request_id"),
+        "method": scope.get("method"),
+        "route": getattr(route, "path", None),
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "organization_id": getattr(principal, "organization_id", None),
+        "auth": getattr(principal, "method", None),
+        # The key's id and visible prefix only, never the key.
+        "api_key_id": getattr(principal, "actor_id", None) if is_key else None,
+        "api_key_prefix": getattr(principal, "key_prefix", None),
+        "b2": state.get("b2"),
+        "error_code": state.get("error_code"),
+    }
+    access_log.info(
+        "%s %s %s", scope.get("method"), fields["route"] or "-", status, extra={"fields": fields}
+    )

@@ -173,6 +173,8 @@ class SignedDownload:
     url: str
     expires_at: datetime
     ttl_seconds: int
+    # True when a cached token was reused, False when B2 was asked for this request.
+    reused: bool = False
 
 
 class DownloadSigner:
@@ -302,12 +304,15 @@ class DownloadSigner:
         key = (bucket_name, file_name)
         now = self._clock()
         token = self._reusable(key, now, not_after)
+        reused = token is not None
         if token is None:
             token = await self._single_flight(key, file_name, bucket_name, now, not_after)
         remaining = math.floor((token.expires_at - now).total_seconds())
         if remaining < 1:
             raise ValueError("no time left to sign a URL for")
-        return SignedDownload(url=token.url, expires_at=token.expires_at, ttl_seconds=remaining)
+        return SignedDownload(
+            url=token.url, expires_at=token.expires_at, ttl_seconds=remaining, reused=reused
+        )
 
     def _reusable(
         self, key: tuple[str, str], now: datetime, not_after: datetime | None

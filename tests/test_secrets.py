@@ -29,7 +29,7 @@ def captured() -> Iterator[KeepLines]:
     """The production log configuration at DEBUG, plus a handler that keeps every line."""
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
-    configure_logging("DEBUG")
+    configure_logging("DEBUG", force=True)
     for kept in saved[1]:  # the suite-wide capture keeps seeing everything too
         root.addHandler(kept)
     handler = KeepLines()

@@ -86,6 +86,7 @@ async def get_stored_export(
     except ValueError:
         # Expired between the check above and the signing clock read.
         raise ExportExpired() from None
+    request.state.b2 = "cached_token" if signed.reused else "minted"
     body = StoredExportResponse(
         data=IntentAudienceExportWithUrl(
             export=export,
