@@ -90,9 +90,9 @@ class Settings(BaseSettings):
     # b2 account tokens live 24 h; refreshing well before that keeps requests off the slow path.
     b2_reauthorize_after_seconds: int = Field(12 * 3600, ge=60, le=23 * 3600)
 
-    @field_validator("jwt_algorithms", mode="before")
+    @field_validator("jwt_algorithms", "cors_allow_origins", mode="before")
     @classmethod
-    def _split_algorithms(cls, value: object) -> object:
+    def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -105,13 +105,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported JWT algorithms: {', '.join(unknown)}")
         if not value:
             raise ValueError("JWT_ALGORITHMS must name at least one algorithm")
-        return value
-
-    @field_validator("cors_allow_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("cors_allow_origins")
