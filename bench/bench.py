@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ import asyncpg
 import httpx
 import jwt
 import psutil
-from doc_sections import replace_section
+from harness import free_port, replace_section, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -47,25 +46,6 @@ BUCKET = "orbit-bench"
 JWT_SECRET = "bench-" + "b" * 40
 B2_KEY_ID, B2_KEY = "bench-key-id", "bench-application-key"
 WORK = ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
-    started = time.monotonic()
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            return time.monotonic() - started
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() - started > timeout:
-                raise RuntimeError(f"{url} did not come up") from None
-            time.sleep(0.02)
 
 
 def database_url() -> str:

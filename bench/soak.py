@@ -15,7 +15,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import httpx
 import jwt
 import psutil
-from doc_sections import replace_section
+from harness import free_port, replace_section, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "orbit-exports")
@@ -39,25 +38,6 @@ CLIENTS = int(os.environ.get("SOAK_CLIENTS", "32"))
 WORKERS = os.environ.get("SOAK_WORKERS", "2")
 JWT_SECRET = "soak-" + "s" * 40
 B2_KEY_ID, B2_KEY, BUCKET = "soak-key-id", "soak-application-key", "orbit-soak"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up") from None
-            time.sleep(0.1)
 
 
 def cli(env: dict[str, str], *args: str) -> str:

@@ -1,0 +1,38 @@
+"""What `bench.py` and `soak.py` share: free loopback ports, waiting for a process to answer,
+and writing measured figures into a docs page between `<!-- NAME:start/end -->` markers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
+    """Seconds until `url` answers; fails if `proc` exits or `timeout` passes first."""
+    started = time.monotonic()
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return time.monotonic() - started
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() - started > timeout:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.02)
+
+
+def replace_section(doc: Path, name: str, text: str) -> None:
+    content = doc.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    before, rest = content.split(start, 1)
+    doc.write_text(f"{before}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
