@@ -197,7 +197,8 @@ def summarize(stats: dict[str, object], samples: list[tuple[float, list[int]]]) 
     unexpected = stats.get("unexpected", [])
     five_xx = sum(n for (_, status), n in statuses.items() if status >= 500 or status == 0)
     q = statistics.quantiles(latencies, n=100)
-    first, last = samples[1][1], samples[-1][1]
+    # The first sample is taken before any load; short runs may have only that one.
+    first, last = samples[min(1, len(samples) - 1)][1], samples[-1][1]
     peak = [max(s[1][i] for s in samples if len(s[1]) > i) for i in range(len(first))]
     mib = 1024 * 1024
     lines = [
