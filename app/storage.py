@@ -52,20 +52,26 @@ class _BoundedB2Session(B2Session):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._reauth_lock = threading.Lock()
-        self._reauthorized_at = -math.inf
-        # Calls that failed on the old token started at most this long before a renewal.
-        self.reauth_window = 3.0
+        # One lock for every authorization, proactive (DownloadSigner) or on an expired token
+        # (b2sdk), and the account token each thread last sent.
+        self.auth_lock = threading.Lock()
+        self._sent = threading.local()
+
+    def _api_token_callback(self, raw_api_method: Any, *args: Any, **kwargs: Any) -> Any:
+        # b2sdk's own callback, remembering which token this thread's call carries.
+        api_url = self.account_info.get_api_url()
+        token = self.account_info.get_account_auth_token()
+        self._sent.token = token
+        return raw_api_method(api_url, token, *args, **kwargs)
 
     def authorize_automatically(self) -> bool:
-        """b2sdk calls this when B2 rejects an expired token. Concurrent calls that all saw the
-        old token share one re-authorization: later ones just retry with the new token."""
-        with self._reauth_lock:
-            if time.monotonic() - self._reauthorized_at < self.reauth_window:
+        """b2sdk calls this when B2 rejects an expired token. If another thread renewed the
+        token since this call was sent, retry with the new one instead of renewing again, so
+        concurrent failures share one re-authorization."""
+        with self.auth_lock:
+            if self.account_info.get_account_auth_token() != getattr(self._sent, "token", None):
                 return True
             renewed: bool = super().authorize_automatically()
-            if renewed:
-                self._reauthorized_at = time.monotonic()
             return renewed
 
 
@@ -201,7 +207,6 @@ class DownloadSigner:
                 user_agent_append="orbit-exports",
             ),
         )
-        self._api.session.reauth_window = self._timeout
         self.breaker = CircuitBreaker(
             settings.storage_breaker_threshold, settings.storage_breaker_cooldown_seconds, monotonic
         )
@@ -218,13 +223,12 @@ class DownloadSigner:
         self._pending: dict[tuple[str, str], asyncio.Future[_Token]] = {}
         self.cache_hits = 0
         self.cache_misses = 0
-        self._auth_lock = threading.Lock()
         self._authorized_at: float | None = None
 
     # --- runs on the B2 thread pool -------------------------------------------------------
 
     def _authorize(self, force: bool = False) -> None:
-        with self._auth_lock:
+        with self._api.session.auth_lock:
             fresh = (
                 self._authorized_at is not None
                 and self._monotonic() - self._authorized_at < self._reauthorize_after
