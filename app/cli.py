@@ -100,7 +100,8 @@ def _start_emulator(bucket: str) -> subprocess.Popen[bytes]:
         port = sock.getsockname()[1]
     key_id, key = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
     command = [sys.executable, "-m", "app.cli", "b2-emulator", "--port", str(port)]
-    command += ["--key-id", key_id, "--key", key, "--bucket", bucket]
+    # `--key=...`: a random key may start with "-", which argparse would take for an option.
+    command += [f"--key-id={key_id}", f"--key={key}", "--bucket", bucket]
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         command, preexec_fn=_die_with_parent if sys.platform == "linux" else None
     )

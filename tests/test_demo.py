@@ -48,14 +48,16 @@ def _env(data_dir: Path) -> dict[str, str]:
 
 def start(data_dir: Path) -> Demo:
     port = free_port()
-    proc = subprocess.Popen(
-        [CLI, "serve", "--demo", "--port", str(port)],
-        env=_env(data_dir),
-        cwd=data_dir.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    log = data_dir.parent / f"serve-{port}.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [CLI, "serve", "--demo", "--port", str(port)],
+            env=_env(data_dir),
+            cwd=data_dir.parent,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+        )
     assert proc.stdout is not None
     lines = []
     deadline = time.monotonic() + 60
@@ -64,7 +66,7 @@ def start(data_dir: Path) -> Demo:
         if "Stop with Ctrl-C." in line or time.monotonic() > deadline:
             break
     output = "".join(lines)
-    assert "Stop with Ctrl-C." in output, output
+    assert "Stop with Ctrl-C." in output, output + log.read_text()[-3000:]
     demo = Demo(proc, output, port)
     base = f"http://127.0.0.1:{port}"
     while True:
@@ -166,3 +168,28 @@ def test_second_start_reuses_data_and_kill_9_recovers(data_dir: Path) -> None:
     third.proc.send_signal(signal.SIGINT)
     assert third.proc.wait(20) == 0
     assert_all_gone(processes)
+
+
+def test_demo_emulator_starts_with_a_key_that_looks_like_an_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A random URL-safe key starts with "-" one time in 64; it must still reach the emulator."""
+    from app import cli
+
+    monkeypatch.setattr(cli.secrets, "token_urlsafe", lambda n: "-looks-like-an-option")
+    # _start_emulator points this process's environment at the emulator; setenv here makes
+    # monkeypatch restore the three variables afterwards.
+    for name in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", "B2_REALM"):
+        monkeypatch.setenv(name, "unset")
+    proc = cli._start_emulator("demo-bucket")
+    try:
+        assert os.environ["B2_APPLICATION_KEY"] == "-looks-like-an-option"
+        realm = os.environ["B2_REALM"]
+        ok = httpx.post(
+            f"{realm}/b2api/v3/b2_authorize_account",
+            auth=(os.environ["B2_APPLICATION_KEY_ID"], "-looks-like-an-option"),
+        )
+        assert ok.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
