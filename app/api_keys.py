@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import RowMapping, func, insert, or_, select, update
+from sqlalchemy import RowMapping, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import Database
 from app.tables import api_keys
+from app.ttl_cache import TtlCache
 
 KEY_PREFIX = "sk_"
 _VISIBLE_CHARS = 8
@@ -50,30 +49,18 @@ class ApiKeyCache:
     past the key's own expiry, so a revoked key stops working within `ttl` seconds. Only hits
     are cached: unknown keys always reach the database."""
 
-    def __init__(
-        self, ttl: float, max_size: int = 10_000, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, ttl: float, max_size: int = 10_000) -> None:
         self._ttl = ttl
-        self._max_size = max_size
-        self._monotonic = monotonic
-        self._entries: OrderedDict[str, tuple[float, ApiKeyOwner]] = OrderedDict()
+        self._entries: TtlCache[str, ApiKeyOwner] = TtlCache(max_size)
 
-    def get(self, key_hash: str, now: datetime) -> ApiKeyOwner | None:
-        entry = self._entries.get(key_hash)
-        if entry is None:
-            return None
-        valid_until, owner = entry
-        if self._monotonic() >= valid_until or (owner.expires_at and owner.expires_at <= now):
-            del self._entries[key_hash]
-            return None
-        self._entries.move_to_end(key_hash)
-        return owner
+    def get(self, key_hash: str) -> ApiKeyOwner | None:
+        return self._entries.get(key_hash)
 
-    def put(self, key_hash: str, owner: ApiKeyOwner) -> None:
-        self._entries[key_hash] = (self._monotonic() + self._ttl, owner)
-        self._entries.move_to_end(key_hash)
-        if len(self._entries) > self._max_size:
-            self._entries.popitem(last=False)
+    def put(self, key_hash: str, owner: ApiKeyOwner, now: datetime) -> None:
+        lifetime = self._ttl
+        if owner.expires_at is not None:
+            lifetime = min(lifetime, (owner.expires_at - now).total_seconds())
+        self._entries.put(key_hash, owner, lifetime)
 
 
 def hash_key(key: str) -> str:
@@ -134,25 +121,21 @@ async def revoke_api_key(conn: AsyncConnection, key_id: uuid.UUID) -> ApiKeyReco
     return None if row is None else _record(row._mapping)
 
 
-async def find_active_key(conn: AsyncConnection, key_hash: str) -> ApiKeyOwner | None:
-    row = (
-        await conn.execute(
-            select(
-                api_keys.c.id, api_keys.c.organization_id, api_keys.c.prefix, api_keys.c.expires_at
-            ).where(
-                api_keys.c.key_hash == key_hash,
-                api_keys.c.revoked_at.is_(None),
-                or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > func.now()),
-            )
-        )
-    ).one_or_none()
+_FIND_ACTIVE_KEY_SQL = (
+    "SELECT id, organization_id, prefix, expires_at FROM api_keys"
+    " WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+)
+
+
+async def find_active_key(db: Database, key_hash: str) -> ApiKeyOwner | None:
+    row = await db.fetch_row(_FIND_ACTIVE_KEY_SQL, key_hash)
     if row is None:
         return None
     return ApiKeyOwner(
-        key_id=row.id,
-        organization_id=row.organization_id,
-        prefix=row.prefix,
-        expires_at=row.expires_at,
+        key_id=row["id"],
+        organization_id=row["organization_id"],
+        prefix=row["prefix"],
+        expires_at=row["expires_at"],
     )
 
 

@@ -15,19 +15,18 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import httpx
 import jwt
-from fastapi import Depends, Request
+from fastapi import Request
 from jwt.types import Options
 
-from app.api_keys import KEY_PREFIX, ApiKeyOwner, find_active_key, hash_key
+from app.api_keys import KEY_PREFIX, find_active_key, hash_key
 from app.config import HMAC_ALGORITHMS, Settings
-from app.db import database_call
 from app.errors import RateLimited, Unauthorized
 from app.request_context import utc_now
 from app.state import AppState, app_state
+from app.ttl_cache import TtlCache
 
 logger = logging.getLogger("app.auth")
 
@@ -54,6 +53,8 @@ SECURITY_REQUIREMENT: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKey
 # Far above any real token or key; anything longer is rejected before parsing.
 MAX_CREDENTIAL_LENGTH = 8192
 _JWKS_MIN_REFRESH_INTERVAL = 30.0
+# Distinct tokens remembered per worker; beyond it the least recently used are verified again.
+VERIFIED_TOKENS_CACHED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,8 @@ class JwksCache:
         return key
 
     async def refresh(self) -> None:
+        import httpx  # only services configured with a JWKS pay for importing it
+
         self._last_fetch = time.monotonic()
         async with httpx.AsyncClient(timeout=self._timeout) as client:
             response = await client.get(self._url)
@@ -116,6 +119,8 @@ class JwksCache:
         logger.info("loaded %d JWKS signing keys", len(keys))
 
     async def try_refresh(self) -> None:
+        import httpx
+
         try:
             await self.refresh()
         except (httpx.HTTPError, ValueError) as exc:
@@ -144,6 +149,8 @@ class JwtVerifier:
         self._audience = settings.jwt_audience
         self._org_claim = settings.jwt_org_claim
         self._leeway = settings.jwt_leeway_seconds
+        self._cache_seconds = settings.jwt_cache_seconds
+        self._verified: TtlCache[str, Principal] = TtlCache(VERIFIED_TOKENS_CACHED)
         required = ["exp", "sub"]
         if self._issuer is not None:
             required.append("iss")
@@ -172,6 +179,17 @@ class JwtVerifier:
         return alg, signing_key.key.key
 
     def verify(self, token: str) -> Principal:
+        """The token's principal. A verified token is remembered for `JWT_CACHE_SECONDS`, never
+        past its own `exp`: the dashboard sends the same token on every call, and checking its
+        signature again each time was most of what a JWT request cost over an API-key one."""
+        principal = self._verified.get(token)
+        if principal is None:
+            principal, expires = self._verify(token)
+            lifetime = min(self._cache_seconds, expires - time.time())
+            self._verified.put(token, principal, lifetime)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -203,7 +221,9 @@ class JwtVerifier:
             organization_id = None
         if organization_id is None:
             raise Unauthorized(f"The bearer token has no valid '{self._org_claim}' claim.")
-        return Principal(organization_id=organization_id, actor_id=subject, method="jwt")
+        principal = Principal(organization_id=organization_id, actor_id=subject, method="jwt")
+        # `exp` is required and was checked to be a number by the decode above.
+        return principal, float(claims["exp"])
 
 
 def _single_header(request: Request, name: str) -> str | None:
@@ -223,16 +243,11 @@ async def _authenticate_api_key(state: AppState, key: str) -> Principal:
 
     key_hash = hash_key(key)
     cache = state.api_key_cache
-    owner = cache.get(key_hash, utc_now()) if cache else None
+    owner = cache.get(key_hash) if cache else None
     if owner is None:
-
-        async def lookup() -> ApiKeyOwner | None:
-            async with state.read_engine.connect() as conn:
-                return await find_active_key(conn, key_hash)
-
-        owner = await database_call(state.settings.db_deadline_seconds, lookup)
+        owner = await find_active_key(state.db, key_hash)
         if owner is not None and cache is not None:
-            cache.put(key_hash, owner)
+            cache.put(key_hash, owner, utc_now())
     if owner is None:
         raise Unauthorized("The API key is not valid, has expired or was revoked.")
     return Principal(
@@ -273,6 +288,3 @@ async def authenticate(request: Request) -> Principal:
         if wait is not None:
             raise RateLimited(wait)
     return principal
-
-
-PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -8,18 +8,22 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
-from alembic.config import Config
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings
 from app.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    # Alembic is needed only to migrate; importing it costs a tenth of the service's start.
+    from alembic.config import Config
 
 logger = logging.getLogger("app.db")
 
@@ -116,6 +120,8 @@ def run_migrations(url: str) -> None:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     import migrations
 
     folder = Path(migrations.__file__).parent
@@ -125,32 +131,65 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-async def database_call(deadline: float, work: Callable[[], Awaitable[T]]) -> T:
-    """Run a request's database work within `deadline` seconds.
+class Database:
+    """The request path's way to Postgres: one read-only statement at a time on SQLAlchemy's
+    pool, each within a deadline.
 
-    "The database cannot answer now" (down, unreachable, too slow, pool exhausted) becomes a
-    503; real bugs (bad SQL) stay 500s. On timeout the work is cancelled in the background:
-    closing a connection to a stalled server can itself take seconds, which the caller must not
-    wait for.
+    Statements go to the asyncpg connection under the pooled SQLAlchemy connection: a cached
+    prepared statement, one round trip, no transaction around it, none of SQLAlchemy's
+    execution and result layers (the profile showed them costing more than the query).
+
+    Requests queue for a connection in a FIFO gate sized to the pool. SQLAlchemy's async pool
+    lets a newcomer take a connection that was just returned ahead of those already waiting,
+    which under load starved some requests past the deadline (p99 of seconds, spurious 503s)
+    while the median stayed at a few milliseconds.
     """
-    task = asyncio.ensure_future(work())
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), deadline)
-    except TimeoutError:
-        task.cancel()
-        task.add_done_callback(_retrieve)
-        logger.warning("database unavailable: no answer within %.1fs", deadline)
-        raise DatabaseUnavailable() from None
-    except (sa_exc.ProgrammingError, sa_exc.IntegrityError, sa_exc.DataError):
-        raise
-    except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
-        logger.warning("database unavailable: %s", type(exc).__name__)
-        raise DatabaseUnavailable() from None
-    except DRIVER_OUTAGES as exc:
-        logger.warning("database unavailable: %s", type(exc).__name__)
-        raise DatabaseUnavailable() from None
 
+    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.deadline = settings.db_deadline_seconds
+        self._gate = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.debug("abandoned database work ended with %s", type(task.exception()).__name__)
+    async def fetch_row(self, sql: str, *args: Any, deadline: float | None = None) -> Any:
+        """The statement's first row (an asyncpg Record) or None.
+
+        "The database cannot answer now" (down, unreachable, too slow, pool exhausted) becomes
+        a 503; real bugs (bad SQL) stay 500s. A connection that failed or was interrupted
+        mid-statement is invalidated from outside any greenlet, which aborts its socket at once
+        instead of waiting for a polite close from a server that may be stalled.
+        """
+        deadline = self.deadline if deadline is None else deadline
+        try:
+            async with asyncio.timeout(deadline), self._gate:
+                fairy = await self.engine.raw_connection()
+                try:
+                    driver = fairy.driver_connection
+                    assert driver is not None
+                    return await driver.fetchrow(sql, *args)
+                except BaseException as exc:  # the deadline's cancellation included
+                    if isinstance(exc, DRIVER_OUTAGES) or not isinstance(
+                        exc, asyncpg.PostgresError
+                    ):
+                        fairy.invalidate()
+                    raise
+                finally:
+                    await self._check_in(fairy)
+        except TimeoutError:
+            logger.warning("database unavailable: no answer within %.1fs", deadline)
+            raise DatabaseUnavailable() from None
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
+            logger.warning("database unavailable: %s", type(exc).__name__)
+            raise DatabaseUnavailable() from None
+        except DRIVER_OUTAGES as exc:
+            logger.warning("database unavailable: %s", type(exc).__name__)
+            raise DatabaseUnavailable() from None
+
+    async def _check_in(self, fairy: PoolProxiedConnection) -> None:
+        pool = self.engine.pool
+        if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
+            # Room in the pool: check-in only puts the connection back, no driver call, so it
+            # runs here directly instead of in a greenlet (a few percent of a request).
+            fairy.close()
+        else:
+            # A surplus overflow connection is closed on check-in, which awaits the driver.
+            await greenlet_spawn(fairy.close)

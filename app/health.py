@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import threading
@@ -12,7 +11,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import text
 
 from app.errors import ApiError
 from app.exports.schemas import ApiErrorResponse, ApiMeta
@@ -53,9 +51,7 @@ async def livez(request: Request) -> Response:
 
 async def _database_ok(request: Request) -> bool:
     try:
-        async with asyncio.timeout(READY_DB_TIMEOUT_SECONDS):
-            async with app_state(request).read_engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+        await app_state(request).db.fetch_row("SELECT 1", deadline=READY_DB_TIMEOUT_SECONDS)
     except Exception:  # any failure means "not ready"; the reason is not exposed
         return False
     return True

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api_keys import ApiKeyCache
 from app.config import Settings
+from app.db import Database
 from app.rate_limit import RateLimiter
 
 if TYPE_CHECKING:
@@ -20,9 +20,7 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class AppState:
     settings: Settings
-    engine: AsyncEngine
-    # Same pool, AUTOCOMMIT: a lone SELECT costs one round trip, with no BEGIN/ROLLBACK around it.
-    read_engine: AsyncEngine
+    db: Database
     jwt_verifier: JwtVerifier
     signer: DownloadSigner | None
     rate_limiter: RateLimiter | None

@@ -195,7 +195,7 @@ async def test_steady_api_key_traffic_costs_one_statement_per_request(
             event_hooks={"response": [validate_response_hook]},
         ) as client,
     ):
-        engine = app.state.orbit.engine.sync_engine
+        engine = app.state.orbit.db.engine.sync_engine
         event.listen(
             engine,
             "before_cursor_execute",

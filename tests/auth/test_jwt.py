@@ -270,3 +270,47 @@ async def test_rs256_refused_when_not_in_allowed_algorithms(
 ) -> None:
     token = jwt.encode(_claims(tenant.org), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
     assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=bearer(token)))
+
+
+# --- verified-token cache ------------------------------------------------------------------
+
+
+def test_a_verified_token_is_remembered_unless_the_cache_is_off(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    from app.auth import JwtVerifier
+
+    token = world.jwt(tenant.org)
+    cached = JwtVerifier(make_settings(), None)
+    assert cached.verify(token) is cached.verify(token)
+    uncached = JwtVerifier(make_settings(jwt_cache_seconds=0), None)
+    first, second = uncached.verify(token), uncached.verify(token)
+    assert first == second
+    assert first is not second
+
+
+async def test_a_remembered_token_stops_working_at_its_exp(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    import asyncio
+    import time
+
+    settings = make_settings(jwt_leeway_seconds=0, jwt_cache_seconds=3600)
+    async with serve(settings) as client:
+        expires = int(time.time()) + 2
+        token = world.jwt(tenant.org, exp=expires)
+        path = tenant.path(uuid.uuid4())
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+        assert (await client.get(path, headers=bearer(token))).status_code == 404
+        await asyncio.sleep(expires - time.time() + 0.1)
+        response = await client.get(path, headers=bearer(token))
+        assert_unauthorized(response)
+        assert "expired" in response.json()["error"]["message"]
+
+
+async def test_a_bad_token_is_never_remembered(
+    client: httpx.AsyncClient, world: World, tenant: Tenant
+) -> None:
+    token = world.jwt(tenant.org, secret="another-secret-0123456789abcdef0123456789")
+    for _ in range(3):
+        assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=bearer(token)))
