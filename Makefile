@@ -40,8 +40,14 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict app
 	$(BIN)/ruff format --check app tests migrations bench
 	$(BIN)/mypy app
 
-test: $(STAMP) lint ## lint, then the whole test suite
-	$(BIN)/pytest -q
+test: $(STAMP) lint browser ## lint, then the whole test suite (the browser test included)
+	BROWSER_TESTS=required $(BIN)/pytest -q
+
+# Debian's Chromium and ChromeDriver for tests/test_browser.py, when missing.
+browser: ## install Debian's chromium and chromium-driver when missing (as root, via apt)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || { \
+		apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver; }; }
 
 fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run, default 120)
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-120} \
@@ -58,4 +64,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format app tests migrations bench
 	$(BIN)/ruff check --fix app tests migrations bench
 
-.PHONY: help install run serve migrate lint test fuzz soak bench format
+.PHONY: help install run serve migrate lint test browser fuzz soak bench format

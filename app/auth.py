@@ -24,7 +24,6 @@ from jwt.types import Options
 from app.api_keys import KEY_PREFIX, find_active_key, hash_key
 from app.config import HMAC_ALGORITHMS, Settings
 from app.errors import RateLimited, Unauthorized
-from app.request_context import utc_now
 from app.state import AppState, app_state
 from app.ttl_cache import TtlCache
 
@@ -242,12 +241,10 @@ async def _authenticate_api_key(state: AppState, key: str) -> Principal:
         raise Unauthorized("The API key is not valid.")
 
     key_hash = hash_key(key)
-    cache = state.api_key_cache
-    owner = cache.get(key_hash) if cache else None
-    if owner is None:
+    if state.api_key_cache is not None:
+        owner = await state.api_key_cache.owner(key_hash)
+    else:
         owner = await find_active_key(state.db, key_hash)
-        if owner is not None and cache is not None:
-            cache.put(key_hash, owner, utc_now())
     if owner is None:
         raise Unauthorized("The API key is not valid, has expired or was revoked.")
     return Principal(

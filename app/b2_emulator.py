@@ -5,7 +5,10 @@ b2sdk talks to it over real HTTP (`B2_REALM=http://127.0.0.1:PORT`). It implemen
 service and its tooling use: account authorization, bucket listing and creation, upload,
 download by name, and `b2_get_download_authorization`, with B2's download-token rules: a token
 works only in its bucket, for names starting with its prefix, until it expires, and only with
-the exact `b2ContentDisposition` it was minted with.
+the exact `b2ContentDisposition` it was minted with. Buckets carry B2 CORS rules (set with
+`b2_update_bucket`, or `--cors-origin` on the command line), and downloads answer browsers as
+B2 does: preflights matched against the rules, `Access-Control-Allow-Origin` and the rule's
+exposed headers on matching requests, nothing for other origins.
 
 Admin endpoints under `/_emulator/` let tests read the request log, move the emulator's clock
 forward (to expire tokens without sleeping), expire every account token, and inject faults into
@@ -104,7 +107,12 @@ class EmulatorState:
     def now(self) -> float:
         return time.time() + self.clock_offset
 
-    def create_bucket(self, name: str, bucket_type: str = "allPrivate") -> dict[str, Any]:
+    def create_bucket(
+        self,
+        name: str,
+        bucket_type: str = "allPrivate",
+        cors_rules: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         if name in self.buckets:
             raise B2Failure(400, "duplicate_bucket_name", "Bucket name is already in use.")
         bucket = {
@@ -113,7 +121,7 @@ class EmulatorState:
             "bucketName": name,
             "bucketType": bucket_type,
             "bucketInfo": {},
-            "corsRules": [],
+            "corsRules": cors_rules or [],
             "lifecycleRules": [],
             "options": [],
             "revision": 1,
@@ -148,6 +156,76 @@ class EmulatorState:
             raise B2Failure(401, "expired_auth_token", "Authorization token has expired.")
 
 
+DOWNLOAD_OPERATIONS = {"b2_download_file_by_name", "s3_get", "s3_head"}
+
+
+def dashboard_cors_rule(origins: list[str]) -> dict[str, Any]:
+    """The rule the README recommends for a bucket the dashboard downloads from."""
+    return {
+        "corsRuleName": "dashboard-downloads",
+        "allowedOrigins": origins,
+        "allowedOperations": ["b2_download_file_by_name"],
+        "allowedHeaders": [],
+        "exposeHeaders": ["content-disposition"],
+        "maxAgeSeconds": 3600,
+    }
+
+
+def _matching_rule(bucket: dict[str, Any] | None, origin: str) -> dict[str, Any] | None:
+    rules: list[dict[str, Any]] = (bucket or {}).get("corsRules", [])
+    for rule in rules:
+        origins = rule.get("allowedOrigins", [])
+        if ("*" in origins or origin in origins) and DOWNLOAD_OPERATIONS & set(
+            rule.get("allowedOperations", [])
+        ):
+            return rule
+    return None
+
+
+def _allow_origin(rule: dict[str, Any], origin: str) -> str:
+    return "*" if "*" in rule.get("allowedOrigins", []) else origin
+
+
+def _cors_preflight(bucket: dict[str, Any] | None, request: Request) -> Response:
+    """B2 answers a matching preflight with the allowed method and headers, anything else with
+    403 and no CORS headers, so the browser blocks the download."""
+    origin = request.headers.get("origin", "")
+    method = request.headers.get("access-control-request-method", "")
+    asked = [
+        h.strip().lower()
+        for h in request.headers.get("access-control-request-headers", "").split(",")
+        if h.strip()
+    ]
+    rule = _matching_rule(bucket, origin)
+    allowed = {h.lower() for h in (rule or {}).get("allowedHeaders", [])}
+    if (
+        rule is None
+        or method not in ("GET", "HEAD")
+        or not ("*" in allowed or set(asked) <= allowed)
+    ):
+        return _b2_error(B2Failure(403, "cors_forbidden", "CORS preflight does not match a rule."))
+    headers = {
+        "Access-Control-Allow-Origin": _allow_origin(rule, origin),
+        "Access-Control-Allow-Methods": "GET, HEAD",
+        "Access-Control-Max-Age": str(rule.get("maxAgeSeconds", 0)),
+        "Vary": "Origin",
+    }
+    if asked:
+        headers["Access-Control-Allow-Headers"] = ", ".join(asked)
+    return Response(status_code=200, headers=headers)
+
+
+def _with_cors(response: Response, bucket: dict[str, Any] | None, request: Request) -> Response:
+    origin = request.headers.get("origin")
+    rule = _matching_rule(bucket, origin) if origin else None
+    if rule is not None and origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = _allow_origin(rule, origin)
+        if rule.get("exposeHeaders"):
+            response.headers["Access-Control-Expose-Headers"] = ", ".join(rule["exposeHeaders"])
+        response.headers["Vary"] = "Origin"
+    return response
+
+
 def _b2_error(exc: B2Failure) -> JSONResponse:
     return JSONResponse(
         {"status": exc.status, "code": exc.code, "message": exc.message}, status_code=exc.status
@@ -155,13 +233,19 @@ def _b2_error(exc: B2Failure) -> JSONResponse:
 
 
 def create_emulator(
-    key_id: str, key: str, buckets: list[str] | None = None, public_url: str | None = None
+    key_id: str,
+    key: str,
+    buckets: list[str] | None = None,
+    public_url: str | None = None,
+    cors_origins: list[str] | None = None,
 ) -> FastAPI:
     """`public_url` is the download base handed to clients, when they reach the emulator at
-    another address than the API does (compose: `http://localhost:9000` vs `http://b2:9000`)."""
+    another address than the API does (compose: `http://localhost:9000` vs `http://b2:9000`).
+    `cors_origins` gives the buckets the README's download rule for those browser origins."""
     state = EmulatorState(key_id=key_id, key=key)
+    rules = [dashboard_cors_rule(cors_origins)] if cors_origins else []
     for name in buckets or []:
-        state.create_bucket(name)
+        state.create_bucket(name, cors_rules=rules)
     app = FastAPI(title="B2 emulator (development only)", openapi_url=None, docs_url=None)
     app.state.emulator = state
 
@@ -256,7 +340,27 @@ def create_emulator(
         name = body.get("bucketName")
         if not isinstance(name, str) or not name:
             raise B2Failure(400, "bad_request", "bucketName is required.")
-        return JSONResponse(state.create_bucket(name, str(body.get("bucketType", "allPrivate"))))
+        rules = body.get("corsRules")
+        bucket = state.create_bucket(
+            name,
+            str(body.get("bucketType", "allPrivate")),
+            cors_rules=rules if isinstance(rules, list) else None,
+        )
+        return JSONResponse(bucket)
+
+    @app.post("/b2api/{version}/b2_update_bucket")
+    async def update_bucket(request: Request) -> Response:
+        state.check_account_token(request)
+        body = await json_body(request)
+        bucket = state.bucket_by_id(body.get("bucketId"))
+        if_revision = body.get("ifRevisionIs")
+        if if_revision is not None and if_revision != bucket["revision"]:
+            raise B2Failure(409, "conflict", "ifRevisionIs does not match.")
+        for field_name in ("bucketType", "bucketInfo", "corsRules", "lifecycleRules"):
+            if field_name in body:
+                bucket[field_name] = body[field_name]
+        bucket["revision"] += 1
+        return JSONResponse(bucket)
 
     @app.post("/b2api/{version}/b2_get_upload_url")
     async def get_upload_url(request: Request) -> Response:
@@ -342,9 +446,20 @@ def create_emulator(
             {"bucketId": bucket["bucketId"], "fileNamePrefix": prefix, "authorizationToken": token}
         )
 
+    @app.options("/file/{bucket_name}/{file_name:path}")
+    async def download_preflight(bucket_name: str, file_name: str, request: Request) -> Response:
+        return _cors_preflight(state.buckets.get(bucket_name), request)
+
     @app.get("/file/{bucket_name}/{file_name:path}")
     async def download_file_by_name(bucket_name: str, file_name: str, request: Request) -> Response:
         bucket = state.buckets.get(bucket_name)
+        try:
+            response = _download(bucket, file_name, request)
+        except B2Failure as exc:
+            response = _b2_error(exc)
+        return _with_cors(response, bucket, request)
+
+    def _download(bucket: dict[str, Any] | None, file_name: str, request: Request) -> Response:
         token = request.query_params.get("Authorization") or request.headers.get(
             "Authorization", ""
         )

@@ -13,9 +13,11 @@ import hashlib
 import io
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -91,7 +93,7 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _start_emulator(bucket: str) -> subprocess.Popen[bytes]:
+def _start_emulator(bucket: str, cors_origins: list[str]) -> subprocess.Popen[bytes]:
     """Run the B2 emulator beside the API and point this process's settings at it."""
     import httpx
 
@@ -102,6 +104,8 @@ def _start_emulator(bucket: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "app.cli", "b2-emulator", "--port", str(port)]
     # `--key=...`: a random key may start with "-", which argparse would take for an option.
     command += [f"--key-id={key_id}", f"--key={key}", "--bucket", bucket]
+    # The dashboard origins the API accepts may also download from the demo bucket.
+    command += [f"--cors-origin={origin}" for origin in cors_origins]
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         command, preexec_fn=_die_with_parent if sys.platform == "linux" else None
     )
@@ -121,9 +125,29 @@ def _start_emulator(bucket: str) -> subprocess.Popen[bytes]:
     return proc
 
 
+# Read by prometheus-client when it is first imported (app/metrics.py).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _prepare_metrics_dir() -> Path | None:
+    """An empty folder for this run's metric samples, shared by every worker: the operator's
+    PROMETHEUS_MULTIPROC_DIR, emptied, or a new temporary one (returned, to be removed)."""
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        folder = Path(given)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="orbit-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(folder)
+    return folder
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    # First: nothing may import prometheus-client before the folder is in the environment.
+    metrics_dir = _prepare_metrics_dir() if settings.metrics_enabled else None
     url = _ready_database_url(settings)
     # The app factory (and any worker) reads the same URL instead of resolving it again.
     os.environ["DATABASE_URL"] = url
@@ -138,7 +162,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                     settings.orbit_data_dir / "jwt-secret"
                 )
             if not settings.storage_configured:
-                emulator = _start_emulator(settings.demo_bucket)
+                emulator = _start_emulator(settings.demo_bucket, settings.cors_allow_origins)
             get_settings.cache_clear()
             settings = get_settings()
             data = demo.seed(settings, url, settings.demo_bucket)
@@ -166,6 +190,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 emulator.wait(5)
             except subprocess.TimeoutExpired:
                 emulator.kill()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -343,7 +369,7 @@ def cmd_b2_emulator(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.b2_emulator import create_emulator
 
-    app = create_emulator(args.key_id, args.key, args.bucket, args.public_url)
+    app = create_emulator(args.key_id, args.key, args.bucket, args.public_url, args.cors_origin)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -411,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
     emu.add_argument(
         "--public-url", help="download base URL given to clients (default: as reached)"
+    )
+    emu.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="browser origin the buckets' CORS rule lets download files (repeatable)",
     )
     emu.set_defaults(handler=cmd_b2_emulator)
     return parser

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # key keeps working at most this long; 0 checks the database on every request.
     api_key_cache_seconds: float = Field(10.0, ge=0, le=3600)
 
+    # GET /metrics (Prometheus); with a token set, scrapers must send Authorization: Bearer.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = Field(None, min_length=16)
+
     # Browser origins (scheme://host[:port]) allowed to call the API, comma separated.
     cors_allow_origins: Annotated[list[str], NoDecode] = []
 
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_org_claim: str = "org_id"
     jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+    # A verified token is trusted this long (never past its exp) without checking its signature
+    # again; a signing key removed from the JWKS stops working within this bound. 0: every time.
+    jwt_cache_seconds: float = Field(30.0, ge=0, le=3600)
 
     # Backblaze B2.
     b2_application_key_id: str | None = None

@@ -151,7 +151,18 @@ class Database:
         self._gate = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
 
     async def fetch_row(self, sql: str, *args: Any, deadline: float | None = None) -> Any:
-        """The statement's first row (an asyncpg Record) or None.
+        """The statement's first row (an asyncpg Record) or None."""
+        return await self._run("fetchrow", sql, args, deadline)
+
+    async def fetch_all(self, sql: str, *args: Any, deadline: float | None = None) -> list[Any]:
+        """Every row of the statement (asyncpg Records)."""
+        rows: list[Any] = await self._run("fetch", sql, args, deadline)
+        return rows
+
+    async def _run(
+        self, method: str, sql: str, args: tuple[Any, ...], deadline: float | None
+    ) -> Any:
+        """Run `sql` with the asyncpg connection's `method` (fetchrow, fetch).
 
         "The database cannot answer now" (down, unreachable, too slow, pool exhausted) becomes
         a 503; real bugs (bad SQL) stay 500s. A connection that failed or was interrupted
@@ -165,7 +176,7 @@ class Database:
                 try:
                     driver = fairy.driver_connection
                     assert driver is not None
-                    return await driver.fetchrow(sql, *args)
+                    return await getattr(driver, method)(sql, *args)
                 except BaseException as exc:  # the deadline's cancellation included
                     if isinstance(exc, DRIVER_OUTAGES) or not isinstance(
                         exc, asyncpg.PostgresError

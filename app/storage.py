@@ -27,6 +27,7 @@ from b2sdk.v2 import B2Api, B2Http, B2HttpApiConfig, B2Session, InMemoryAccountI
 from b2sdk.v2.exception import B2Error, NonExistentBucket
 from requests.adapters import HTTPAdapter
 
+from app import metrics
 from app.config import Settings
 from app.errors import StorageUnavailable
 from app.request_context import utc_now
@@ -95,14 +96,21 @@ class _DeadlineAdapter(HTTPAdapter):
         cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
-        return super().send(
-            request,
-            stream=stream,
-            timeout=(self._timeout, self._timeout),
-            verify=verify,
-            cert=cert,
-            proxies=proxies,
-        )
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            response = super().send(
+                request,
+                stream=stream,
+                timeout=(self._timeout, self._timeout),
+                verify=verify,
+                cert=cert,
+                proxies=proxies,
+            )
+            outcome = f"{response.status_code // 100}xx"
+            return response
+        finally:
+            metrics.observe_b2_call(request.url or "", outcome, time.monotonic() - started)
 
 
 def _http_session(timeout: float) -> requests.Session:
@@ -205,6 +213,10 @@ class DownloadSigner:
             api_config=B2HttpApiConfig(
                 http_session_factory=partial(_http_session, self._timeout),
                 user_agent_append="orbit-exports",
+                # Otherwise b2sdk replaces the session's adapters with its own, dropping the
+                # deadline cap and the call metrics of _DeadlineAdapter. (It only affects how
+                # file downloads are decoded; this service never downloads through b2sdk.)
+                decode_content=True,
             ),
         )
         self.breaker = CircuitBreaker(
@@ -324,13 +336,16 @@ class DownloadSigner:
         token = self._tokens.get(key)
         if token is None:
             self.cache_misses += 1
+            metrics.TOKEN_CACHE_MISS.inc()
             return None
         fresh_enough = (token.expires_at - now).total_seconds() >= self._min_remaining
         if fresh_enough and (not_after is None or token.expires_at <= not_after):
             self._tokens.move_to_end(key)
             self.cache_hits += 1
+            metrics.TOKEN_CACHE_HIT.inc()
             return token
         self.cache_misses += 1
+        metrics.TOKEN_CACHE_MISS.inc()
         return None
 
     async def _single_flight(

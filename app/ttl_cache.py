@@ -31,6 +31,13 @@ class TtlCache(Generic[K, V]):
         self._entries.move_to_end(key)
         return value
 
+    def keys(self) -> list[K]:
+        """Every key held, least recently used first (expired ones included until touched)."""
+        return list(self._entries)
+
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
     def put(self, key: K, value: V, lifetime: float) -> None:
         if lifetime <= 0:
             self._entries.pop(key, None)

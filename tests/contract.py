@@ -88,6 +88,9 @@ DOCUMENTATION_PATHS = {"/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirec
 def assert_matches_contract(response: httpx.Response) -> None:
     if response.status_code == 200 and response.request.url.path in DOCUMENTATION_PATHS:
         return  # the API's description, not an API response
+    if response.status_code == 200 and response.request.url.path == "/metrics":
+        assert response.headers["X-Request-ID"]
+        return  # Prometheus text for scrapers, not an API response
     if response.status_code == 204:  # CORS preflight: headers only
         assert not response.content
         assert response.headers["X-Request-ID"]
