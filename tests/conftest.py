@@ -8,6 +8,7 @@ tests never see each other's rows and can run in any order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -208,28 +209,38 @@ def cli_env(
     return env
 
 
-@pytest.fixture(scope="session")
-def live_server(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `orbit-exports serve` process (rate limiting off, for fuzzing); its log is kept."""
+@contextlib.contextmanager
+def server_process(
+    env: dict[str, str], log_dir: Path, extra: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A real `orbit-exports serve` on a free port, its output kept in `log_dir` (and searched
+    for secrets at the end); yields its base URL once /livez answers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("live") / "server.log"
+    log = log_dir / "server.log"
+    LOG_FILES.append(log)
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [CLI, "serve", "--port", str(port)],
-            # No key cache: the CLI tests check that a revoked key fails on the next request.
-            env=cli_env
-            | {"RATE_LIMIT_PER_MINUTE": "0", "API_KEY_CACHE_SECONDS": "0", "LOG_LEVEL": "DEBUG"},
+            env=env | (extra or {}),
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    LOG_FILES.append(log)
     try:
         wait_for_http(url + "/livez")
         yield url
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def live_server(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `orbit-exports serve` process (rate limiting off, for fuzzing); its log is kept."""
+    # No key cache: the CLI tests check that a revoked key fails on the next request.
+    extra = {"RATE_LIMIT_PER_MINUTE": "0", "API_KEY_CACHE_SECONDS": "0", "LOG_LEVEL": "DEBUG"}
+    with server_process(cli_env, tmp_path_factory.mktemp("live"), extra) as url:
+        yield url
 
 
 # Logs of every server process the suite starts, checked for secrets at the end.

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,14 +23,11 @@ from b2sdk.v2 import B2Api
 from app.b2_emulator import dashboard_cors_rule
 from tests.conftest import (
     BUCKET,
-    CLI,
-    LOG_FILES,
     Tenant,
     World,
     bearer,
-    free_port,
     sample_csv,
-    wait_for_http,
+    server_process,
 )
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -106,23 +102,9 @@ def dashboard_api(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """`orbit-exports serve` allowing the allowed page's origin only."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("browser") / "server.log"
-    LOG_FILES.append(log)
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [CLI, "serve", "--port", str(port)],
-            env=cli_env | {"CORS_ALLOW_ORIGINS": page_origins["allowed"]},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/livez")
+    extra = {"CORS_ALLOW_ORIGINS": page_origins["allowed"]}
+    with server_process(cli_env, tmp_path_factory.mktemp("browser"), extra) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.fixture

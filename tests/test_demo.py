@@ -181,7 +181,7 @@ def test_demo_emulator_starts_with_a_key_that_looks_like_an_option(
     # monkeypatch restore the three variables afterwards.
     for name in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", "B2_REALM"):
         monkeypatch.setenv(name, "unset")
-    proc = cli._start_emulator("demo-bucket")
+    proc = cli._start_emulator("demo-bucket", ["http://localhost:5173"])
     try:
         assert os.environ["B2_APPLICATION_KEY"] == "-looks-like-an-option"
         realm = os.environ["B2_REALM"]
@@ -190,6 +190,15 @@ def test_demo_emulator_starts_with_a_key_that_looks_like_an_option(
             auth=(os.environ["B2_APPLICATION_KEY_ID"], "-looks-like-an-option"),
         )
         assert ok.status_code == 200
+        # The dashboard origins of CORS_ALLOW_ORIGINS may download from the demo bucket too.
+        account = ok.json()
+        buckets = httpx.post(
+            f"{realm}/b2api/v3/b2_list_buckets",
+            headers={"Authorization": account["authorizationToken"]},
+            json={"accountId": account["accountId"]},
+        ).json()["buckets"]
+        [rule] = buckets[0]["corsRules"]
+        assert rule["allowedOrigins"] == ["http://localhost:5173"]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -3,7 +3,6 @@ across worker processes, optionally behind METRICS_TOKEN, absent when METRICS_EN
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -12,16 +11,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
-    CLI,
-    LOG_FILES,
     Emulator,
     MakeSettings,
     Tenant,
     World,
     bearer,
-    free_port,
     serve,
-    wait_for_http,
+    server_process,
 )
 
 ROUTE = "/v1/intent/audiences/{id}/runs/{runId}/exports/{exportId}"
@@ -149,29 +145,18 @@ def client_openapi(make_settings: MakeSettings) -> dict[str, object]:
 
 @pytest.fixture
 def two_workers(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("metrics") / "server.log"
-    LOG_FILES.append(log)
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [CLI, "serve", "--port", str(port)],
-            env=cli_env
-            | {"WEB_CONCURRENCY": "2", "DB_POOL_SIZE": "3", "RATE_LIMIT_PER_MINUTE": "0"},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/livez")
+    extra = {"WEB_CONCURRENCY": "2", "DB_POOL_SIZE": "3", "RATE_LIMIT_PER_MINUTE": "0"}
+    with server_process(cli_env, tmp_path_factory.mktemp("metrics"), extra) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
-def _pids_and_scrape(url: str) -> str:
-    # A new connection per request, so the kernel spreads them over both workers.
+def scrape_anew(url: str) -> str:
+    # A new connection per request, so the kernel spreads them over the workers.
     return httpx.get(url + "/metrics", headers={"Connection": "close"}).text
+
+
+def livez_count(text: str) -> float:
+    return value(text, "orbit_http_requests_total", route="/livez", method="GET", status="200")
 
 
 def test_several_workers_report_one_sum(two_workers: str) -> None:
@@ -179,45 +164,25 @@ def test_several_workers_report_one_sum(two_workers: str) -> None:
 
     # Both workers are up once each has written its pool gauge (livesum adds live workers).
     deadline = time.monotonic() + 20
-    while value(_pids_and_scrape(two_workers), "orbit_db_pool_size") != 6:
+    while value(scrape_anew(two_workers), "orbit_db_pool_size") != 6:
         assert time.monotonic() < deadline, "the two workers' gauges were never summed"
         time.sleep(0.2)
-    start = value(
-        _pids_and_scrape(two_workers),
-        "orbit_http_requests_total",
-        route="/livez",
-        method="GET",
-        status="200",
-    )
+    start = livez_count(scrape_anew(two_workers))
     for _ in range(40):
         response = httpx.get(two_workers + "/livez", headers={"Connection": "close"})
         assert response.status_code == 200
     # Whichever worker answers the scrape, it reports all 40, not just its own share.
     for _ in range(6):
-        text = _pids_and_scrape(two_workers)
-        livez = value(text, "orbit_http_requests_total", route="/livez", method="GET", status="200")
-        assert livez - start == 40
+        text = scrape_anew(two_workers)
+        assert livez_count(text) - start == 40
         assert value(text, "orbit_db_pool_size") == 6
 
 
 def test_single_worker_server_serves_its_own_counts(live_server: str) -> None:
-    before = value(
-        _pids_and_scrape(live_server),
-        "orbit_http_requests_total",
-        route="/livez",
-        method="GET",
-        status="200",
-    )
+    before = livez_count(scrape_anew(live_server))
     for _ in range(3):
         assert httpx.get(live_server + "/livez").status_code == 200
-    after = value(
-        _pids_and_scrape(live_server),
-        "orbit_http_requests_total",
-        route="/livez",
-        method="GET",
-        status="200",
-    )
-    assert after - before == 3
+    assert livez_count(scrape_anew(live_server)) - before == 3
 
 
 async def test_a_b2_call_past_the_deadline_is_cut_off_in_its_thread_too(
