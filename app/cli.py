@@ -48,20 +48,22 @@ def _uuid(value: str) -> uuid.UUID:
 
 def _ready_database_url(settings: Settings) -> str:
     """The database URL; the embedded default is also migrated, so it is always usable."""
-    from app.db import database_url, run_migrations
+    if settings.database_url is not None:
+        # Without importing the database stack: with several workers this process only
+        # supervises them, and its imports would delay their start.
+        return settings.database_url.get_secret_value()
+    from app.db import embedded_postgres_url, run_migrations
 
-    if settings.database_url is None:
-        pgdata = settings.orbit_data_dir.resolve() / "postgres"
-        if not (pgdata / "PG_VERSION").exists():
-            _progress(f"initialising the embedded Postgres in {pgdata} (first start only)...")
-        else:
-            _progress(f"starting the embedded Postgres in {pgdata}...")
-        started = time.monotonic()
-        url = database_url(settings)
-        run_migrations(url)
-        _progress(f"Postgres ready and migrated in {time.monotonic() - started:.1f} s")
-        return url
-    return database_url(settings)
+    pgdata = settings.orbit_data_dir.resolve() / "postgres"
+    if not (pgdata / "PG_VERSION").exists():
+        _progress(f"initialising the embedded Postgres in {pgdata} (first start only)...")
+    else:
+        _progress(f"starting the embedded Postgres in {pgdata}...")
+    started = time.monotonic()
+    url = embedded_postgres_url(settings.orbit_data_dir)
+    run_migrations(url)
+    _progress(f"Postgres ready and migrated in {time.monotonic() - started:.1f} s")
+    return url
 
 
 def _progress(message: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import weakref
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -62,11 +63,10 @@ B2_SECONDS = Histogram(
 )
 TOKEN_CACHE = Counter(
     "orbit_download_token_cache_total",
-    "Download-token cache lookups: hit (a cached token was reused) or miss (B2 was asked).",
+    "Download-token cache lookups: hit (a cached token was reused) or miss (B2 was asked);"
+    " published every second.",
     ["result"],
 )
-TOKEN_CACHE_HIT = TOKEN_CACHE.labels("hit")
-TOKEN_CACHE_MISS = TOKEN_CACHE.labels("miss")
 DB_POOL_SIZE = Gauge(
     "orbit_db_pool_size",
     "Connections the database pool keeps open (pool size), summed over live workers.",
@@ -106,13 +106,27 @@ def observe_b2_call(url: str, outcome: str, seconds: float) -> None:
     B2_SECONDS.labels(operation).observe(seconds)
 
 
+# Token-cache lookups are counted by the signer in plain integers (one per request, where a
+# multiprocess sample update costs several microseconds) and published here as increments.
+_published_cache_counts: weakref.WeakKeyDictionary[object, tuple[int, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def sample(state: AppState) -> None:
-    """Refresh this worker's gauges from the pool and the breaker."""
+    """Refresh this worker's gauges from the pool and the breaker, and publish the signer's
+    token-cache counts (so those counters lag by at most SAMPLE_SECONDS)."""
     pool = state.db.engine.pool
     if isinstance(pool, QueuePool):
         DB_POOL_SIZE.set(pool.size())
         DB_POOL_CHECKED_OUT.set(pool.checkedout())
-    current = state.signer.breaker.state if state.signer is not None else None
+    signer = state.signer
+    if signer is not None:
+        hits, misses = _published_cache_counts.get(signer, (0, 0))
+        TOKEN_CACHE.labels("hit").inc(signer.cache_hits - hits)
+        TOKEN_CACHE.labels("miss").inc(signer.cache_misses - misses)
+        _published_cache_counts[signer] = (signer.cache_hits, signer.cache_misses)
+    current = signer.breaker.state if signer is not None else None
     for name in BREAKER_STATES:
         BREAKER.labels(name).set(1 if name == current else 0)
 

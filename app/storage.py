@@ -80,8 +80,14 @@ class _BoundedB2Api(B2Api):  # type: ignore[misc]
     SESSION_CLASS = staticmethod(_BoundedB2Session)
 
 
+# The monotonic time by which the request waiting for this thread's B2 work gives up.
+_caller_deadline = threading.local()
+
+
 class _DeadlineAdapter(HTTPAdapter):
-    """Caps b2sdk's per-request timeouts (about 48 s to connect, 128 s to read) to our deadline."""
+    """Caps b2sdk's per-request timeouts (about 48 s to connect, 128 s to read) to our deadline,
+    and the time left to the waiting request's; once that has passed (say, when b2sdk is about
+    to retry), nothing more is sent: nobody would read the answer."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
@@ -97,12 +103,18 @@ class _DeadlineAdapter(HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         started = time.monotonic()
+        limit = self._timeout
+        deadline = getattr(_caller_deadline, "at", None)
+        if deadline is not None:
+            limit = min(limit, deadline - started)
+            if limit <= 0:
+                raise requests.exceptions.ConnectTimeout("the caller's deadline has passed")
         outcome = "error"
         try:
             response = super().send(
                 request,
                 stream=stream,
-                timeout=(self._timeout, self._timeout),
+                timeout=(limit, limit),
                 verify=verify,
                 cert=cert,
                 proxies=proxies,
@@ -260,6 +272,13 @@ class DownloadSigner:
         if time.monotonic() > deadline:
             # Queued behind slower calls past the caller's deadline: nobody waits for this now.
             raise TimeoutError
+        _caller_deadline.at = deadline
+        try:
+            return self._mint_by(bucket_name, file_name, ttl)
+        finally:
+            _caller_deadline.at = None
+
+    def _mint_by(self, bucket_name: str, file_name: str, ttl: int) -> str:
         self._ensure_authorized()
         bucket = self._api.get_bucket_by_name(bucket_name)
         session = self._api.session
@@ -336,16 +355,13 @@ class DownloadSigner:
         token = self._tokens.get(key)
         if token is None:
             self.cache_misses += 1
-            metrics.TOKEN_CACHE_MISS.inc()
             return None
         fresh_enough = (token.expires_at - now).total_seconds() >= self._min_remaining
         if fresh_enough and (not_after is None or token.expires_at <= not_after):
             self._tokens.move_to_end(key)
             self.cache_hits += 1
-            metrics.TOKEN_CACHE_HIT.inc()
             return token
         self.cache_misses += 1
-        metrics.TOKEN_CACHE_MISS.inc()
         return None
 
     async def _single_flight(
