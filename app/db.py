@@ -9,7 +9,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("app.db")
 
-T = TypeVar("T")
 
 # asyncpg errors that mean "the server cannot answer now", for statements sent to the driver
 # directly (SQLAlchemy wraps the same errors in DBAPIError for its own statements).
@@ -191,7 +190,8 @@ class Database:
         except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
             logger.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
-        except DRIVER_OUTAGES as exc:
+        except (*DRIVER_OUTAGES, asyncpg.QueryCanceledError) as exc:
+            # QueryCanceledError: Postgres cut the statement at DB_STATEMENT_TIMEOUT_MS.
             logger.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
 

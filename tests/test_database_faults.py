@@ -159,3 +159,18 @@ async def test_more_requests_than_connections_are_served_in_turn(
         await engine.dispose()
     assert served > 1000
     assert slowest < settings.db_deadline_seconds / 3
+
+
+async def test_a_statement_cut_by_postgres_is_503_not_500(make_settings: MakeSettings) -> None:
+    from app.db import Database, create_engine
+    from app.errors import DatabaseUnavailable
+
+    settings = make_settings(db_statement_timeout_ms=100)
+    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
+    db = Database(engine, settings)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await db.fetch_row("SELECT pg_sleep(1)")
+        assert (await db.fetch_row("SELECT 1"))[0] == 1
+    finally:
+        await engine.dispose()
