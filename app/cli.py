@@ -86,7 +86,7 @@ def _persistent_secret(path: Path) -> str:
 
 
 def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM when `serve` dies, even by SIGKILL, so no emulator is left.
+    # Linux: the child gets SIGTERM when `serve` dies, even by SIGKILL, so nothing is left.
     import ctypes
     import signal
 
@@ -145,6 +145,59 @@ def _prepare_metrics_dir() -> Path | None:
     return folder
 
 
+# Signals uvicorn's supervisor handles itself; a forked worker must not keep its handlers.
+_SUPERVISOR_SIGNALS = (
+    "SIGTERM", "SIGHUP", "SIGQUIT", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2", "SIGWINCH",
+)  # fmt: skip
+
+
+def _fork_workers_from_a_preloaded_app() -> None:
+    """Import the app once here and have uvicorn fork its workers from this process.
+
+    uvicorn spawns fresh interpreters by default, each importing FastAPI, SQLAlchemy and b2sdk
+    again (about 1.2 s of CPU): on a 2-core machine two workers doing that at once were first
+    ready 1.8-2.8 s after start, forked ones 1.1-1.5 s, and a crashed worker is replaced as
+    fast. Only modules are loaded here; each worker still builds its own app, pool and B2
+    client. uvicorn has no setting for this, so its start method is swapped; should a later
+    uvicorn move it, workers are spawned as before, only slower (tests/test_workers.py says so).
+    """
+    import gc
+    import multiprocessing
+    import signal
+    import threading
+
+    import uvicorn._subprocess
+
+    import app.main  # noqa: F401 - the preload itself
+
+    if not isinstance(
+        getattr(uvicorn._subprocess, "spawn", None), multiprocessing.context.BaseContext
+    ):
+        return
+    if threading.active_count() > 1:
+        # Forking a threaded process can copy a lock held mid-update; spawning is safe.
+        return
+    supervisor = os.getpid()
+
+    def in_worker() -> None:
+        # As a spawned worker would start: default handlers until its server installs its own.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for name in _SUPERVISOR_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        if sys.platform == "linux":
+            # A supervisor killed outright takes its workers with it instead of leaving them
+            # serving on its port (they drain, as on any SIGTERM).
+            _die_with_parent()
+            if os.getppid() != supervisor:
+                os._exit(0)
+
+    os.register_at_fork(after_in_child=in_worker)
+    # What was imported is shared with the workers page by page until the collector writes
+    # to it; frozen, it stays shared.
+    gc.freeze()
+    uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -171,6 +224,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104
             banner = demo.instructions(data, f"http://{shown_host}:{args.port}")
         get_settings.cache_clear()
+        workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+        if workers > 1:
+            _fork_workers_from_a_preloaded_app()
         if banner:
             print(banner, flush=True)  # noqa: T201
         uvicorn.run(
@@ -178,7 +234,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             factory=True,
             host=args.host,
             port=args.port,
-            workers=int(os.environ.get("WEB_CONCURRENCY", "1")),
+            workers=workers,
             log_level=settings.log_level.lower(),
             proxy_headers=False,
             # One structured line per request comes from the app (app.access) instead.
@@ -372,7 +428,8 @@ def cmd_b2_emulator(args: argparse.Namespace, settings: Settings) -> int:
     from app.b2_emulator import create_emulator
 
     app = create_emulator(args.key_id, args.key, args.bucket, args.public_url, args.cors_origin)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Explicit: uvicorn would read WEB_CONCURRENCY, meant for the API, and refuse to start.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
     return 0
 
 

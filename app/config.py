@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(30, ge=0, le=300)
     # A verified token is trusted this long (never past its exp) without checking its signature
     # again; a signing key removed from the JWKS stops working within this bound. 0: every time.
-    jwt_cache_seconds: float = Field(30.0, ge=0, le=3600)
+    jwt_cache_seconds: float = Field(300.0, ge=0, le=3600)
 
     # Backblaze B2.
     b2_application_key_id: str | None = None

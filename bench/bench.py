@@ -7,7 +7,8 @@
 - Cases, alternating in one run: floor, service with API keys, service with JWTs; with 1 worker
   and with WEB_CONCURRENCY=2. Each case gets warm-up rounds of BENCH_WARMUP_SECONDS until one
   makes no B2 call (every worker then holds a token for every file: the steady state the
-  service is built for), then a measured run of BENCH_SECONDS.
+  service is built for). Then BENCH_ROUNDS (4) rounds measure each case for BENCH_SECONDS (10),
+  the cases interleaved and their order rotated each round.
 - Storage is the B2 emulator; its request log gives the B2 calls made during measured runs.
 - Writes docs/performance.md (between markers) with the figures.
 """
@@ -19,12 +20,13 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,7 +42,8 @@ ROWS = int(os.environ.get("BENCH_ROWS", "1000000"))
 ORGS = 10_000
 KEYED_ORGS = 1_000
 SAMPLE = int(os.environ.get("BENCH_SAMPLE", "3000"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 WARMUP = int(os.environ.get("BENCH_WARMUP_SECONDS", "15"))
 WARMUP_ROUNDS = 6
 CONNECTIONS = 64
@@ -192,7 +195,24 @@ def sample_rss(proc: psutil.Process, stop: threading.Event, peak: list[float]) -
         stop.wait(0.5)
 
 
-def run_case(case: str, workers: int, url: str, lines_file: Path, emulator_url: str) -> Result:
+@dataclass
+class Running:
+    """A server under test, kept up for every round of its worker count."""
+
+    case: str
+    workers: int
+    proc: subprocess.Popen[bytes]
+    base: str
+    script_input: Path
+    ready_s: float
+    body_bytes: int
+    slices: list[dict[str, float]] = field(default_factory=list)
+    b2_calls: int = 0
+    peak_rss_mib: float = 0.0
+
+
+def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url: str) -> Running:
+    """Start the case's server, check one request, warm it up to the steady state."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("B2_", "JWT_", "DEMO"))}
     env |= {
@@ -231,22 +251,68 @@ def run_case(case: str, workers: int, url: str, lines_file: Path, emulator_url: 
                     else f"{p}\tX-API-Key\t{k}\n"
                 )
         warm_up(base, script_input, emulator_url)
-        httpx.delete(f"{emulator_url}/_emulator/requests")
-        stop, peak = threading.Event(), []
-        sampler = threading.Thread(target=sample_rss, args=(psutil.Process(proc.pid), stop, peak))
-        sampler.start()
-        measured = run_wrk(base, script_input, SECONDS)
-        stop.set()
-        sampler.join()
-        b2_calls = b2_sign_calls(emulator_url)
-        return Result(
-            case, workers, measured["rps"], measured["p50"], measured["p99"],
-            int(measured["errors"]), int(measured["requests"]), b2_calls, max(peak or [0]),
-            ready, len(body.content),
-        )  # fmt: skip
-    finally:
+    except BaseException:
         proc.terminate()
         proc.wait(30)
+        raise
+    return Running(case, workers, proc, base, script_input, ready, len(body.content))
+
+
+def measure_slice(running: Running, emulator_url: str) -> None:
+    """One measured wrk run of SECONDS; B2 calls and memory are counted during it."""
+    httpx.delete(f"{emulator_url}/_emulator/requests")
+    stop, peak = threading.Event(), []
+    sampler = threading.Thread(
+        target=sample_rss, args=(psutil.Process(running.proc.pid), stop, peak)
+    )
+    sampler.start()
+    try:
+        running.slices.append(run_wrk(running.base, running.script_input, SECONDS))
+    finally:
+        stop.set()
+        sampler.join()
+    running.b2_calls += b2_sign_calls(emulator_url)
+    running.peak_rss_mib = max([running.peak_rss_mib, *peak])
+
+
+def finish(running: Running) -> Result:
+    running.proc.terminate()
+    running.proc.wait(30)
+    slices = running.slices
+    requests = sum(int(s["requests"]) for s in slices)
+    return Result(
+        running.case, running.workers,
+        rps=sum(s["rps"] for s in slices) / len(slices),
+        p50_ms=statistics.median(s["p50"] for s in slices),
+        p99_ms=statistics.median(s["p99"] for s in slices),
+        errors=sum(int(s["errors"]) for s in slices), requests=requests,
+        b2_calls=running.b2_calls, peak_rss_mib=running.peak_rss_mib,
+        ready_s=running.ready_s, body_bytes=running.body_bytes,
+    )  # fmt: skip
+
+
+def run_worker_count(workers: int, url: str, lines_file: Path, emulator_url: str) -> list[Result]:
+    """Every case's server up at once, then ROUNDS rounds of one slice per case, the order
+    rotated each round: this machine's speed drifts by 10-20% over minutes, and a case measured
+    only before or after another would carry that drift into the ratio."""
+    running: list[Running] = []
+    try:
+        for case in CASES:
+            print(f"bench: starting {case}, {workers} worker(s)...", flush=True)
+            running.append(start_case(case, workers, url, lines_file, emulator_url))
+        for round_number in range(ROUNDS):
+            shift = round_number % len(running)
+            for r in running[shift:] + running[:shift]:
+                measure_slice(r, emulator_url)
+                last = r.slices[-1]
+                print(
+                    f"bench:   round {round_number + 1}, {r.case}: {last['rps']:,.0f} req/s,"
+                    f" p99 {last['p99']:.1f} ms",
+                    flush=True,
+                )
+    finally:
+        results = [finish(r) for r in running]
+    return results
 
 
 def report(results: list[Result]) -> str:
@@ -258,8 +324,9 @@ def report(results: list[Result]) -> str:
     }
     lines = [
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores),"
-        f" wrk -t2 -c{CONNECTIONS} -d{SECONDS}s after {WARMUP}s warm-up rounds until one made"
-        " no B2 call,"
+        f" wrk -t2 -c{CONNECTIONS}, {ROUNDS} interleaved rounds of {SECONDS} s per case (req/s:"
+        " mean of the rounds; p50, p99: median of the rounds), after warm-up rounds of"
+        f" {WARMUP} s until one made no B2 call,"
         f" {ROWS:,} export rows, {SAMPLE:,} random completed exports requested.",
         "",
         "| case | workers | req/s | vs floor | p50 ms | p99 ms | p99 vs floor | errors"
@@ -300,10 +367,9 @@ def main() -> int:
     try:
         wait_for(emulator_url + "/_emulator/requests", emulator)
         for workers in WORKERS:
-            for case in CASES:
-                print(f"bench: {case}, {workers} worker(s)...", flush=True)
-                results.append(run_case(case, workers, url, lines_file, emulator_url))
-                print(json.dumps(results[-1].__dict__), flush=True)
+            for result in run_worker_count(workers, url, lines_file, emulator_url):
+                results.append(result)
+                print(json.dumps(result.__dict__), flush=True)
     finally:
         emulator.terminate()
         emulator.wait(10)

@@ -226,6 +226,7 @@ def server_process(
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[url] = proc.pid
     try:
         wait_for_http(url + "/livez")
         yield url
@@ -243,6 +244,8 @@ def live_server(cli_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         yield url
 
 
+# The `serve` process behind each server_process URL.
+SERVER_PIDS: dict[str, int] = {}
 # How many apps the suite ran in this process (their log lines must reach the capture).
 IN_PROCESS_APPS = {"started": 0}
 # Logs of every server process the suite starts, checked for secrets at the end.

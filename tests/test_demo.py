@@ -46,13 +46,13 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env | {"ORBIT_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"}
 
 
-def start(data_dir: Path) -> Demo:
+def start(data_dir: Path, extra_env: dict[str, str] | None = None) -> Demo:
     port = free_port()
     log = data_dir.parent / f"serve-{port}.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [CLI, "serve", "--demo", "--port", str(port)],
-            env=_env(data_dir),
+            env=_env(data_dir) | (extra_env or {}),
             cwd=data_dir.parent,
             stdout=subprocess.PIPE,
             stderr=sink,
@@ -140,13 +140,15 @@ def test_first_start_prints_working_commands_and_ctrl_c_stops_everything(data_di
 
 
 def test_second_start_reuses_data_and_kill_9_recovers(data_dir: Path) -> None:
-    first = start(data_dir)
+    # Two workers: the emulator beside them must not take WEB_CONCURRENCY for itself, and
+    # the workers, like the emulator, must not outlive a supervisor killed outright.
+    first = start(data_dir, {"WEB_CONCURRENCY": "2"})
     key_url, key_headers = first.curl("200 - the completed export")
     first_export = get(key_url, key_headers).json()["data"]["export"]
     first.proc.send_signal(signal.SIGINT)
     first.proc.wait(20)
 
-    second = start(data_dir)
+    second = start(data_dir, {"WEB_CONCURRENCY": "2"})
     assert "was shown at the first start" in second.output
     assert "api-keys create --org" in second.output
     assert not re.search(r"^\s+sk_\S+$", second.output, re.MULTILINE)
@@ -156,10 +158,11 @@ def test_second_start_reuses_data_and_kill_9_recovers(data_dir: Path) -> None:
     assert again.status_code == 200
     assert again.json()["data"]["export"]["id"] == first_export["id"]
     children = psutil.Process(second.proc.pid).children(recursive=True)
+    assert len(children) == 3  # the emulator and two workers
 
     second.proc.kill()
     second.proc.wait(10)
-    assert_all_gone(children)  # the emulator dies with its parent, even on SIGKILL
+    assert_all_gone(children)  # they die with their parent, even on SIGKILL
 
     third = start(data_dir)
     key_url = key_url.replace(f":{second.port}/", f":{third.port}/")
