@@ -275,9 +275,12 @@ def measure_slice(running: Running, emulator_url: str) -> None:
     running.peak_rss_mib = max([running.peak_rss_mib, *peak])
 
 
-def finish(running: Running) -> Result:
+def stop(running: Running) -> None:
     running.proc.terminate()
     running.proc.wait(30)
+
+
+def summary(running: Running) -> Result:
     slices = running.slices
     requests = sum(int(s["requests"]) for s in slices)
     return Result(
@@ -311,8 +314,10 @@ def run_worker_count(workers: int, url: str, lines_file: Path, emulator_url: str
                     flush=True,
                 )
     finally:
-        results = [finish(r) for r in running]
-    return results
+        # Every server is stopped, also when a round failed (whose error then surfaces as is).
+        for r in running:
+            stop(r)
+    return [summary(r) for r in running]
 
 
 def report(results: list[Result]) -> str:
