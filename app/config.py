@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     orbit_data_dir: Path = Path(".data")
     db_pool_size: int = Field(10, ge=1, le=200)
     db_max_overflow: int = Field(5, ge=0, le=200)
+    # Overflow connections close once none has been needed for this long.
+    db_overflow_idle_seconds: float = Field(10.0, ge=0, le=3600)
     db_pool_timeout_seconds: float = Field(1.0, gt=0, le=60)
     db_connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
     db_statement_timeout_ms: int = Field(1000, ge=10, le=600_000)

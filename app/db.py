@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,8 +132,8 @@ def alembic_config(url: str) -> Config:
 
 
 class Database:
-    """The request path's way to Postgres: one read-only statement at a time on SQLAlchemy's
-    pool, each within a deadline.
+    """The request path's way to Postgres: one read-only statement at a time on connections
+    from SQLAlchemy's pool, each within a deadline.
 
     Statements go to the asyncpg connection under the pooled SQLAlchemy connection: a cached
     prepared statement, one round trip, no transaction around it, none of SQLAlchemy's
@@ -142,12 +143,23 @@ class Database:
     lets a newcomer take a connection that was just returned ahead of those already waiting,
     which under load starved some requests past the deadline (p99 of seconds, spurious 503s)
     while the median stayed at a few milliseconds.
+
+    Healthy connections stay checked out between statements, kept here for the next one: a
+    check-out and check-in of SQLAlchemy's async pool runs through a greenlet, 17 µs per
+    statement in a tight loop and more under load (docs/performance.md). The pool still
+    creates, counts and limits every connection (DB_POOL_SIZE + DB_MAX_OVERFLOW); one that
+    failed or was interrupted goes back to it invalidated, never to the next statement.
     """
 
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self.deadline = settings.db_deadline_seconds
         self._gate = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
+        self._kept: list[PoolProxiedConnection] = []
+        self._pool_size = settings.db_pool_size
+        self._overflow_idle = settings.db_overflow_idle_seconds
+        self._overflow_used_at = 0.0
+        self.in_use = 0
 
     async def fetch_row(self, sql: str, *args: Any, deadline: float | None = None) -> Any:
         """The statement's first row (an asyncpg Record) or None."""
@@ -171,7 +183,10 @@ class Database:
         deadline = self.deadline if deadline is None else deadline
         try:
             async with asyncio.timeout(deadline), self._gate:
-                fairy = await self.engine.raw_connection()
+                fairy = await self._connection()
+                self.in_use += 1
+                if self.in_use > self._pool_size:
+                    self._overflow_used_at = time.monotonic()
                 try:
                     driver = fairy.driver_connection
                     assert driver is not None
@@ -183,7 +198,12 @@ class Database:
                         fairy.invalidate()
                     raise
                 finally:
-                    await self._check_in(fairy)
+                    self.in_use -= 1
+                    # An invalidated connection is already back in the pool, closed.
+                    if fairy.is_valid:
+                        self._kept.append(fairy)
+                        if len(self._kept) > self._pool_size:
+                            self._close_idle_overflow()
         except TimeoutError:
             logger.warning("database unavailable: no answer within %.1fs", deadline)
             raise DatabaseUnavailable() from None
@@ -195,12 +215,42 @@ class Database:
             logger.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
 
+    async def _connection(self) -> PoolProxiedConnection:
+        while self._kept:
+            fairy = self._kept.pop()
+            driver = fairy.driver_connection
+            if driver is not None and not driver.is_closed():
+                return fairy
+            # Closed while kept (the server restarted, or ended the session): next one.
+            fairy.invalidate()
+        return await self.engine.raw_connection()
+
+    def _close_idle_overflow(self) -> None:
+        """Close the kept connections beyond DB_POOL_SIZE once no statement has needed more than
+        DB_POOL_SIZE for DB_OVERFLOW_IDLE_SECONDS. Closing them as soon as enough were idle (what
+        SQLAlchemy's pool does) reconnected several times a second under make bench's load."""
+        if time.monotonic() - self._overflow_used_at < self._overflow_idle:
+            return
+        while len(self._kept) > self._pool_size:
+            # The least recently used first; invalidating outside a greenlet ends the idle
+            # session at once, and its slot goes back to the pool for the next burst.
+            self._kept.pop(0).invalidate()
+
     async def _check_in(self, fairy: PoolProxiedConnection) -> None:
         pool = self.engine.pool
         if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
             # Room in the pool: check-in only puts the connection back, no driver call, so it
-            # runs here directly instead of in a greenlet (a few percent of a request).
+            # runs here directly instead of in a greenlet.
             fairy.close()
         else:
             # A surplus overflow connection is closed on check-in, which awaits the driver.
             await greenlet_spawn(fairy.close)
+
+    async def release_kept(self) -> None:
+        """Give the kept connections back to the pool (before it is disposed of)."""
+        while self._kept:
+            await self._check_in(self._kept.pop())
+
+    async def close(self) -> None:
+        await self.release_kept()
+        await self.engine.dispose()

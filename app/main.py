@@ -20,7 +20,7 @@ from app.config import Settings, get_settings
 from app.cors import DashboardCORSMiddleware
 from app.db import Database, create_engine, database_url
 from app.errors import install_error_handlers
-from app.exports.router import router as exports_router
+from app.exports.router import add_export_route
 from app.health import draining_on_sigterm
 from app.health import router as health_router
 from app.logs import configure_logging
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             if signer is not None:
                 signer.close()
-            await engine.dispose()
+            await db.close()
 
     app = FastAPI(
         title="Orbit API: stored exports",
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         observe=metrics.observe_request if settings.metrics_enabled else None,
     )
     install_error_handlers(app)
-    app.include_router(exports_router)
+    add_export_route(app)
     app.include_router(health_router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)

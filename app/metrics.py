@@ -74,7 +74,7 @@ DB_POOL_SIZE = Gauge(
 )
 DB_POOL_CHECKED_OUT = Gauge(
     "orbit_db_pool_checked_out",
-    "Database connections in use by requests, summed over live workers.",
+    "Database connections running a statement, summed over live workers.",
     multiprocess_mode="livesum",
 )
 BREAKER = Gauge(
@@ -119,7 +119,7 @@ def sample(state: AppState) -> None:
     pool = state.db.engine.pool
     if isinstance(pool, QueuePool):
         DB_POOL_SIZE.set(pool.size())
-        DB_POOL_CHECKED_OUT.set(pool.checkedout())
+    DB_POOL_CHECKED_OUT.set(state.db.in_use)
     signer = state.signer
     if signer is not None:
         hits, misses = _published_cache_counts.get(signer, (0, 0))

@@ -156,7 +156,7 @@ async def test_more_requests_than_connections_are_served_in_turn(
     try:
         await asyncio.gather(*(caller() for _ in range(64)))
     finally:
-        await engine.dispose()
+        await db.close()
     assert served > 1000
     assert slowest < settings.db_deadline_seconds / 3
 
@@ -173,4 +173,105 @@ async def test_a_statement_cut_by_postgres_is_503_not_500(make_settings: MakeSet
             await db.fetch_row("SELECT pg_sleep(1)")
         assert (await db.fetch_row("SELECT 1"))[0] == 1
     finally:
-        await engine.dispose()
+        await db.close()
+
+
+async def test_connections_are_kept_between_statements_and_given_back_on_close(
+    make_settings: MakeSettings,
+) -> None:
+    """Connections stay checked out for the next statements (the pool's own check-out costs a
+    greenlet switch per statement); close() gives them back before the pool is disposed of."""
+    from app.db import Database, create_engine
+
+    settings = make_settings(db_pool_size=2, db_max_overflow=0)
+    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
+    db = Database(engine, settings)
+    pool = engine.sync_engine.pool
+    try:
+        first = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
+        assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] == first
+        await asyncio.gather(*(db.fetch_row("SELECT pg_sleep(0.05)") for _ in range(2)))
+        assert pool.checkedout() == 2  # type: ignore[attr-defined]
+        assert db.in_use == 0
+        await db.release_kept()
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await db.close()
+
+
+async def test_overflow_connections_close_once_no_burst_needed_them_for_a_while(
+    make_settings: MakeSettings,
+) -> None:
+    """Connections opened beyond DB_POOL_SIZE for a burst are kept while bursts go on (closing
+    them at once reconnected several times a second under load) and closed once none was needed
+    for DB_OVERFLOW_IDLE_SECONDS; their sessions end."""
+    from app.db import Database, create_engine
+
+    settings = make_settings(db_pool_size=2, db_max_overflow=3, db_overflow_idle_seconds=0.5)
+    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
+    db = Database(engine, settings)
+    pool = engine.sync_engine.pool
+
+    async def burst() -> set[int]:
+        rows = await asyncio.gather(
+            *(db.fetch_row("SELECT pg_backend_pid(), pg_sleep(0.1)") for _ in range(5))
+        )
+        return {row[0] for row in rows}
+
+    async def alive(pids: set[int]) -> int:
+        async with engine.connect() as conn:
+            result = await conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", (list(pids),)
+            )
+            return int(result.scalar_one())
+
+    try:
+        pids = await burst()
+        assert len(pids) == 5
+        await db.fetch_row("SELECT 1")
+        assert pool.checkedout() == 5  # type: ignore[attr-defined]
+        assert await burst() == pids  # the next burst reuses them: no reconnect
+        await asyncio.sleep(0.6)
+        await db.fetch_row("SELECT 1")
+        assert pool.checkedout() == 2  # type: ignore[attr-defined]
+        assert await alive(pids) == 2
+    finally:
+        await db.close()
+
+
+async def test_a_kept_connection_the_server_closed_is_not_used_again(
+    make_settings: MakeSettings,
+) -> None:
+    """A kept connection whose session the server ended (restart, pg_terminate_backend, idle
+    timeout) is dropped when next taken, instead of failing a request with a 503."""
+    from app.db import Database, create_engine
+
+    settings = make_settings(db_pool_size=1, db_max_overflow=1)
+    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
+    db = Database(engine, settings)
+    try:
+        pid = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
+        async with engine.connect() as other:
+            await other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        await asyncio.sleep(0.2)  # the driver notices the closed socket
+        assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] != pid
+    finally:
+        await db.close()
+
+
+async def test_a_connection_cut_by_the_deadline_is_not_kept(make_settings: MakeSettings) -> None:
+    """A statement interrupted by the deadline leaves its connection mid-protocol: it goes back
+    to the pool invalidated, and the next statement runs on a new session."""
+    from app.db import Database, create_engine
+    from app.errors import DatabaseUnavailable
+
+    settings = make_settings(db_pool_size=1, db_max_overflow=0)
+    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
+    db = Database(engine, settings)
+    try:
+        pid = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
+        with pytest.raises(DatabaseUnavailable):
+            await db.fetch_row("SELECT pg_sleep(2)", deadline=0.2)
+        assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] != pid
+    finally:
+        await db.close()

@@ -246,7 +246,9 @@ async def test_remembered_keys_are_rechecked_together_not_per_request(
                 lambda query: statements.append(query.query)
             ),
         )
-        app.state.orbit.db.engine.sync_engine.pool.dispose()  # new connections, with the logger
+        # New connections, with the logger.
+        await app.state.orbit.db.release_kept()
+        app.state.orbit.db.engine.sync_engine.pool.dispose()
         path = tenant.path(export["id"])
         for key in keys:
             assert (await client.get(path, headers=key_headers(key))).status_code == 409
