@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import os
 import weakref
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -29,6 +30,10 @@ from sqlalchemy.pool import QueuePool
 
 from app.errors import Unauthorized
 from app.state import AppState, app_state
+
+if TYPE_CHECKING:
+    # app.storage imports this module for its B2 call metrics.
+    from app.storage import DownloadSigner
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Worker-local gauges (pool, breaker) are refreshed this often, and on every scrape.
@@ -108,7 +113,7 @@ def observe_b2_call(url: str, outcome: str, seconds: float) -> None:
 
 # Token-cache lookups are counted by the signer in plain integers (one per request, where a
 # multiprocess sample update costs several microseconds) and published here as increments.
-_published_cache_counts: weakref.WeakKeyDictionary[object, tuple[int, int]] = (
+_published_cache_counts: weakref.WeakKeyDictionary[DownloadSigner, tuple[int, int]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -122,10 +127,13 @@ def sample(state: AppState) -> None:
     DB_POOL_CHECKED_OUT.set(state.db.in_use)
     signer = state.signer
     if signer is not None:
-        hits, misses = _published_cache_counts.get(signer, (0, 0))
-        TOKEN_CACHE.labels("hit").inc(signer.cache_hits - hits)
-        TOKEN_CACHE.labels("miss").inc(signer.cache_misses - misses)
-        _published_cache_counts[signer] = (signer.cache_hits, signer.cache_misses)
+        _published_cache_counts.setdefault(signer, (0, 0))
+    # Every signer of this process, not only this app's: a scrape then counts all lookups made
+    # before it (one app per worker in production; several in-process apps in the tests).
+    for known, (hits, misses) in list(_published_cache_counts.items()):
+        TOKEN_CACHE.labels("hit").inc(known.cache_hits - hits)
+        TOKEN_CACHE.labels("miss").inc(known.cache_misses - misses)
+        _published_cache_counts[known] = (known.cache_hits, known.cache_misses)
     current = signer.breaker.state if signer is not None else None
     for name in BREAKER_STATES:
         BREAKER.labels(name).set(1 if name == current else 0)
