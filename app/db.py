@@ -16,7 +16,7 @@ import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings
@@ -236,20 +236,11 @@ class Database:
             # session at once, and its slot goes back to the pool for the next burst.
             self._kept.pop(0).invalidate()
 
-    async def _check_in(self, fairy: PoolProxiedConnection) -> None:
-        pool = self.engine.pool
-        if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
-            # Room in the pool: check-in only puts the connection back, no driver call, so it
-            # runs here directly instead of in a greenlet.
-            fairy.close()
-        else:
-            # A surplus overflow connection is closed on check-in, which awaits the driver.
-            await greenlet_spawn(fairy.close)
-
     async def release_kept(self) -> None:
-        """Give the kept connections back to the pool (before it is disposed of)."""
+        """Give the kept connections back to the pool (before it is disposed of). A check-in
+        may close a surplus connection, which awaits the driver: hence the greenlet."""
         while self._kept:
-            await self._check_in(self._kept.pop())
+            await greenlet_spawn(self._kept.pop().close)
 
     async def close(self) -> None:
         await self.release_kept()

@@ -7,12 +7,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.db import embedded_postgres_url, run_migrations
+from app.config import Settings
+from app.db import Database, create_engine, embedded_postgres_url, run_migrations
 from tests.conftest import MakeSettings, Tenant, World, bearer, serve
 from tests.faults import TcpProxy
 
@@ -92,8 +94,6 @@ async def test_statement_timeout_is_enforced_by_postgres(make_settings: MakeSett
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from app.db import create_engine
-
     settings = make_settings(db_statement_timeout_ms=100)
     engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
     try:
@@ -129,6 +129,18 @@ async def test_postgres_stopped_and_restarted(
         server.cleanup()
 
 
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    """A `Database` on an engine of its own, closed at the end (kept connections given back,
+    then the engine disposed of)."""
+    assert settings.database_url is not None
+    db = Database(create_engine(settings, settings.database_url.get_secret_value()), settings)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
 async def test_more_requests_than_connections_are_served_in_turn(
     make_settings: MakeSettings,
 ) -> None:
@@ -136,44 +148,33 @@ async def test_more_requests_than_connections_are_served_in_turn(
     none may wait past the deadline. SQLAlchemy's async pool alone lets newcomers take a freed
     connection ahead of those already waiting, and some waited seconds (503s under plain load)
     while the median stayed at milliseconds."""
-    from app.db import Database, create_engine
-
     settings = make_settings(db_pool_size=4, db_max_overflow=0, db_pool_timeout_seconds=30)
-    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
-    db = Database(engine, settings)
     slowest = 0.0
     served = 0
 
-    async def caller() -> None:
-        nonlocal slowest, served
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            started = time.monotonic()
-            assert (await db.fetch_row("SELECT 1"))[0] == 1
-            slowest = max(slowest, time.monotonic() - started)
-            served += 1
+    async with database(settings) as db:
 
-    try:
+        async def caller() -> None:
+            nonlocal slowest, served
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                started = time.monotonic()
+                assert (await db.fetch_row("SELECT 1"))[0] == 1
+                slowest = max(slowest, time.monotonic() - started)
+                served += 1
+
         await asyncio.gather(*(caller() for _ in range(64)))
-    finally:
-        await db.close()
     assert served > 1000
     assert slowest < settings.db_deadline_seconds / 3
 
 
 async def test_a_statement_cut_by_postgres_is_503_not_500(make_settings: MakeSettings) -> None:
-    from app.db import Database, create_engine
     from app.errors import DatabaseUnavailable
 
-    settings = make_settings(db_statement_timeout_ms=100)
-    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
-    db = Database(engine, settings)
-    try:
+    async with database(make_settings(db_statement_timeout_ms=100)) as db:
         with pytest.raises(DatabaseUnavailable):
             await db.fetch_row("SELECT pg_sleep(1)")
         assert (await db.fetch_row("SELECT 1"))[0] == 1
-    finally:
-        await db.close()
 
 
 async def test_connections_are_kept_between_statements_and_given_back_on_close(
@@ -181,13 +182,8 @@ async def test_connections_are_kept_between_statements_and_given_back_on_close(
 ) -> None:
     """Connections stay checked out for the next statements (the pool's own check-out costs a
     greenlet switch per statement); close() gives them back before the pool is disposed of."""
-    from app.db import Database, create_engine
-
-    settings = make_settings(db_pool_size=2, db_max_overflow=0)
-    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
-    db = Database(engine, settings)
-    pool = engine.sync_engine.pool
-    try:
+    async with database(make_settings(db_pool_size=2, db_max_overflow=0)) as db:
+        pool = db.engine.sync_engine.pool
         first = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
         assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] == first
         await asyncio.gather(*(db.fetch_row("SELECT pg_sleep(0.05)") for _ in range(2)))
@@ -195,8 +191,6 @@ async def test_connections_are_kept_between_statements_and_given_back_on_close(
         assert db.in_use == 0
         await db.release_kept()
         assert pool.checkedout() == 0  # type: ignore[attr-defined]
-    finally:
-        await db.close()
 
 
 async def test_overflow_connections_close_once_no_burst_needed_them_for_a_while(
@@ -205,27 +199,23 @@ async def test_overflow_connections_close_once_no_burst_needed_them_for_a_while(
     """Connections opened beyond DB_POOL_SIZE for a burst are kept while bursts go on (closing
     them at once reconnected several times a second under load) and closed once none was needed
     for DB_OVERFLOW_IDLE_SECONDS; their sessions end."""
-    from app.db import Database, create_engine
-
     settings = make_settings(db_pool_size=2, db_max_overflow=3, db_overflow_idle_seconds=0.5)
-    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
-    db = Database(engine, settings)
-    pool = engine.sync_engine.pool
+    async with database(settings) as db:
+        pool = db.engine.sync_engine.pool
 
-    async def burst() -> set[int]:
-        rows = await asyncio.gather(
-            *(db.fetch_row("SELECT pg_backend_pid(), pg_sleep(0.1)") for _ in range(5))
-        )
-        return {row[0] for row in rows}
-
-    async def alive(pids: set[int]) -> int:
-        async with engine.connect() as conn:
-            result = await conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", (list(pids),)
+        async def burst() -> set[int]:
+            rows = await asyncio.gather(
+                *(db.fetch_row("SELECT pg_backend_pid(), pg_sleep(0.1)") for _ in range(5))
             )
-            return int(result.scalar_one())
+            return {row[0] for row in rows}
 
-    try:
+        async def alive(pids: set[int]) -> int:
+            async with db.engine.connect() as conn:
+                result = await conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", (list(pids),)
+                )
+                return int(result.scalar_one())
+
         pids = await burst()
         assert len(pids) == 5
         await db.fetch_row("SELECT 1")
@@ -235,8 +225,6 @@ async def test_overflow_connections_close_once_no_burst_needed_them_for_a_while(
         await db.fetch_row("SELECT 1")
         assert pool.checkedout() == 2  # type: ignore[attr-defined]
         assert await alive(pids) == 2
-    finally:
-        await db.close()
 
 
 async def test_a_kept_connection_the_server_closed_is_not_used_again(
@@ -244,34 +232,21 @@ async def test_a_kept_connection_the_server_closed_is_not_used_again(
 ) -> None:
     """A kept connection whose session the server ended (restart, pg_terminate_backend, idle
     timeout) is dropped when next taken, instead of failing a request with a 503."""
-    from app.db import Database, create_engine
-
-    settings = make_settings(db_pool_size=1, db_max_overflow=1)
-    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
-    db = Database(engine, settings)
-    try:
+    async with database(make_settings(db_pool_size=1, db_max_overflow=1)) as db:
         pid = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
-        async with engine.connect() as other:
+        async with db.engine.connect() as other:
             await other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         await asyncio.sleep(0.2)  # the driver notices the closed socket
         assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] != pid
-    finally:
-        await db.close()
 
 
 async def test_a_connection_cut_by_the_deadline_is_not_kept(make_settings: MakeSettings) -> None:
     """A statement interrupted by the deadline leaves its connection mid-protocol: it goes back
     to the pool invalidated, and the next statement runs on a new session."""
-    from app.db import Database, create_engine
     from app.errors import DatabaseUnavailable
 
-    settings = make_settings(db_pool_size=1, db_max_overflow=0)
-    engine = create_engine(settings, settings.database_url.get_secret_value())  # type: ignore[union-attr]
-    db = Database(engine, settings)
-    try:
+    async with database(make_settings(db_pool_size=1, db_max_overflow=0)) as db:
         pid = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
         with pytest.raises(DatabaseUnavailable):
             await db.fetch_row("SELECT pg_sleep(2)", deadline=0.2)
         assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] != pid
-    finally:
-        await db.close()

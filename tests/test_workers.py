@@ -81,7 +81,7 @@ def test_a_worker_killed_outright_is_replaced(two_workers: tuple[str, psutil.Pro
         time.sleep(0.1)
     replacement = next(w for w in supervisor.children() if w.pid != victim.pid)
     assert replacement.cmdline() == supervisor.cmdline()
-    # Both workers answer: 20 fresh connections, none refused or failed.
+    # Both workers answer: 40 fresh connections, none refused or failed.
     all_answer(url, 40)
 
 
