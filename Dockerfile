@@ -1,33 +1,50 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t orbit-exports .   Run: see docker-compose.yml.
+# Build: docker build -t orbit-exports .            (the service; the default, last stage)
+#        docker build --target dev -t orbit-exports:dev .   (+ the developer tools: emulator, demo)
+# Run: see docker-compose.yml.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-# --- build stage: a virtualenv with the project and its dependencies ---------------------
-FROM python:3.11-slim AS build
+# --- build: a virtualenv without pip, filled by the base image's pip -----------------------
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
+# Dependencies first, from the hashed lock file: this layer is rebuilt only when it changes.
+COPY requirements/service.txt requirements/
+RUN pip --python /opt/venv/bin/python install --require-hashes --no-deps -r requirements/service.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
-# The same package `make test` installs (there in editable mode, with the dev extras).
-RUN pip install .
+RUN pip --python /opt/venv/bin/python install --no-deps .
 
-# --- runtime stage: no compilers, no sources, an unprivileged user -----------------------
-FROM python:3.11-slim
+FROM build AS build-dev
+COPY devtools ./devtools
+RUN pip --python /opt/venv/bin/python install --no-deps ./devtools
+
+# --- runtime base: no compilers, no sources, no pip, an unprivileged user ------------------
+FROM ${PYTHON_IMAGE} AS runtime-base
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000
-RUN groupadd --system --gid 10001 orbit \
+RUN python -m pip uninstall --yes --quiet pip setuptools wheel \
+    && groupadd --system --gid 10001 orbit \
     && useradd --system --uid 10001 --gid orbit --home-dir /srv --no-create-home orbit \
     && mkdir -p /srv && chown orbit:orbit /srv
-COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv
-USER orbit
+USER 10001:10001
 EXPOSE 8000
+
+# --- dev: the service plus orbit-dev (B2 emulator, demo), for the compose stack -------------
+FROM runtime-base AS dev
+COPY --from=build-dev /opt/venv /opt/venv
+CMD ["orbit-dev", "run", "--host", "0.0.0.0", "--port", "8000"]
+
+# --- runtime: the service alone (default target) --------------------------------------------
+FROM runtime-base AS runtime
+COPY --from=build /opt/venv /opt/venv
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
-# Exec form: uvicorn is PID 1's only child-free process and receives SIGTERM directly.
+# Exec form: the server is PID 1 and receives SIGTERM directly.
 CMD ["orbit-exports", "serve", "--host", "0.0.0.0", "--port", "8000"]

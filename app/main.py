@@ -1,11 +1,14 @@
-"""The application factory: `uvicorn --factory app.main:create_app`."""
+"""The FastAPI application.
+
+`app` serves as `uvicorn app.main:app` or `fastapi run app/main.py`; `create_app(settings)` builds
+another one (the tests do, with their own settings). The lifespan opens the components
+(`app.container`, the composition root) and gives the routes the few objects they use.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
-import logging
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -13,23 +16,17 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app import metrics
-from app.api_keys import ApiKeyCache
-from app.auth import SECURITY_SCHEMES, JwksCache, JwtVerifier
-from app.config import Settings, get_settings
-from app.cors import DashboardCORSMiddleware
-from app.db import Database, create_engine, database_url
-from app.errors import install_error_handlers
-from app.exports.router import add_export_route
-from app.health import draining_on_sigterm
-from app.health import router as health_router
-from app.logs import configure_logging
-from app.rate_limit import RateLimiter
-from app.request_context import RequestContextMiddleware
-from app.state import AppState
-from app.storage import DownloadSigner
-
-logger = logging.getLogger("app.main")
+from app.api import health, metrics_endpoint
+from app.api.cors import DashboardCORSMiddleware
+from app.api.errors import install_error_handlers
+from app.api.request_context import RequestContextMiddleware
+from app.auth.dependencies import SECURITY_SCHEMES
+from app.container import open_components
+from app.core import metrics
+from app.core.logs import configure_logging
+from app.core.process import stop_with_supervisor
+from app.core.settings import Settings, get_settings
+from app.exports import router as exports
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,58 +36,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings, database_url(settings))
-        background: list[asyncio.Task[None]] = []
-        jwks = None
-        if settings.jwt_jwks_url:
-            jwks = JwksCache(
-                settings.jwt_jwks_url,
-                settings.jwt_jwks_timeout_seconds,
-                settings.jwt_jwks_refresh_seconds,
-            )
-            # Keys are in memory before the first request; a JWKS outage only logs.
-            await jwks.try_refresh()
-            background.append(asyncio.create_task(jwks.run(), name="jwks-refresh"))
-        signer = DownloadSigner(settings) if settings.storage_configured else None
-        if signer is not None:
-            signer.start()
-        else:
-            logger.warning("B2 is not configured: completed exports will answer 503")
-        db = Database(engine, settings)
-        app.state.orbit = state = AppState(
-            settings=settings,
-            db=db,
-            jwt_verifier=JwtVerifier(settings, jwks),
-            signer=signer,
-            api_key_cache=(
-                ApiKeyCache(settings.api_key_cache_seconds, db)
-                if settings.api_key_cache_seconds
-                else None
-            ),
-            rate_limiter=(
-                RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-                if settings.rate_limit_per_minute
-                else None
-            ),
-        )
-        # Everything built so far lives as long as the process: keep it out of the collector's
-        # full passes, which otherwise walk it all and stall requests (the p99 of make bench).
-        gc.freeze()
-        if state.api_key_cache is not None:
-            background.append(asyncio.create_task(state.api_key_cache.run(), name="key-recheck"))
-        if settings.metrics_enabled:
-            background.append(asyncio.create_task(metrics.sample_forever(state), name="metrics"))
-        try:
-            with draining_on_sigterm(state):
+        stop_with_supervisor()
+        async with open_components(settings) as components:
+            app.state.authenticator = components.authenticator
+            app.state.export_backends = components.export_backends
+            app.state.readiness = components.readiness
+            app.state.metrics_access = components.metrics_access
+            # Everything built so far lives as long as the process: keep it out of the
+            # collector's full passes, which otherwise walk it all and stall requests (the p99
+            # of make bench).
+            gc.freeze()
+            with health.draining_on_sigterm(components.readiness):
                 yield
-        finally:
-            if settings.metrics_enabled:
-                metrics.worker_exiting()
-            for task in background:
-                task.cancel()
-            if signer is not None:
-                signer.close()
-            await db.close()
 
     app = FastAPI(
         title="Orbit API: stored exports",
@@ -108,10 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         observe=metrics.observe_request if settings.metrics_enabled else None,
     )
     install_error_handlers(app)
-    add_export_route(app)
-    app.include_router(health_router)
+    app.include_router(exports.router)
+    app.include_router(health.router)
     if settings.metrics_enabled:
-        app.include_router(metrics.router)
+        app.include_router(metrics_endpoint.router)
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
 
@@ -124,3 +81,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+app = create_app()

@@ -59,7 +59,8 @@ WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
 def database_url() -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    from app.db import embedded_postgres_url, run_migrations
+    from app.db.embedded import embedded_postgres_url
+    from app.db.migrations import run_migrations
 
     url = embedded_postgres_url(Path(os.environ.get("BENCH_DATA_DIR", ROOT / ".data-bench")))
     run_migrations(url)
@@ -68,7 +69,7 @@ def database_url() -> str:
 
 async def seed(url: str) -> list[tuple[str, str, str]]:
     """Rows (once), keys and JWTs; returns (path, header, value) request lines."""
-    from app.api_keys import generate_key, hash_key, visible_prefix
+    from app.auth.api_keys import generate_key, hash_key, visible_prefix
 
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
@@ -363,7 +364,7 @@ def main() -> int:
     lines_file.write_text("".join(f"{p}\t{k}\t{t}\n" for p, k, t in lines))
     emulator_port = free_port()
     emulator = subprocess.Popen(
-        [str(BIN / "orbit-exports"), "b2-emulator", "--port", str(emulator_port),
+        [str(BIN / "orbit-dev"), "b2-emulator", "--port", str(emulator_port),
          "--key-id", B2_KEY_ID, "--key", B2_KEY, "--bucket", BUCKET],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.tables import metadata
+from app.db.tables import metadata
 
 config = context.config
 
@@ -17,8 +17,8 @@ def _url() -> str:
     url = config.attributes.get("url")
     if url:
         return str(url)
-    from app.config import get_settings
-    from app.db import database_url
+    from app.core.settings import get_settings
+    from app.db.engine import database_url
 
     return database_url(get_settings())
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from app.db import Database
-from app.tables import intent_audience_exports as exports
+from app.db.database import Database
+from app.db.tables import intent_audience_exports as exports
 
 _COLUMNS = ", ".join(column.name for column in exports.c)
 # Built from our own table definition at import time; every value is a bind parameter.

@@ -1,50 +1,51 @@
-"""GET /v1/intent/audiences/{id}/runs/{runId}/exports/{exportId}."""
+"""GET /v1/intent/audiences/{id}/runs/{runId}/exports/{exportId}: the request path.
+
+authenticate (`CurrentPrincipal`) -> validate the path -> the scoped lookup (`queries`) ->
+the export's state -> a signed URL (`app.storage`) -> the `{data, meta}` envelope.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field, ValidationError
+from fastapi import APIRouter, Depends, Path, Request
 
-from app.auth import SECURITY_REQUIREMENT, authenticate
-from app.errors import (
+from app.api.envelope import ApiErrorResponse, envelope_meta
+from app.auth.dependencies import SECURITY_REQUIREMENT, CurrentPrincipal
+from app.core.clock import utc_now
+from app.core.errors import (
     ExportExpired,
     ExportFailed,
     ExportNotFound,
     ExportNotReady,
     StorageNotConfigured,
 )
+from app.db.database import Database
 from app.exports.queries import find_export
 from app.exports.schemas import (
-    ApiErrorResponse,
     IntentAudienceExport,
     IntentAudienceExportWithUrl,
     StoredExportResponse,
 )
-from app.request_context import envelope_meta, utc_now
-from app.state import app_state
+from app.storage.signer import DownloadSigner
+
+router = APIRouter(tags=["Audience Builder"])
 
 
-class BareRequestRoute(APIRoute):
-    """Calls the endpoint with the bare request, skipping FastAPI's per-request dependency and
-    parameter resolution, which cost more than the database lookup in the profile
-    (docs/performance.md). The endpoint authenticates and validates its path itself; the
-    route's declared parameters, responses and security still make /openapi.json."""
+@dataclass(frozen=True, slots=True)
+class ExportBackends:
+    """What the route talks to, built by the composition root (`app.main`)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint = self.endpoint
+    database: Database
+    # None when B2 is not configured: completed exports then answer 503.
+    signer: DownloadSigner | None
 
-        async def handle(request: Request) -> Response:
-            response = await endpoint(request)
-            assert isinstance(response, Response)
-            return response
 
-        return handle
+def get_backends(request: Request) -> ExportBackends:
+    backends: ExportBackends = request.app.state.export_backends
+    return backends
 
 
 _ERROR = {"model": ApiErrorResponse}
@@ -58,44 +59,27 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _path_parameter(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "format": "uuid"},
-    }
-
-
-class ExportPath(BaseModel):
-    """The path's three ids, validated exactly as FastAPI would validate typed parameters."""
-
-    audience_id: UUID = Field(alias="id")
-    run_id: UUID = Field(alias="runId")
-    export_id: UUID = Field(alias="exportId")
-
-
-def _export_path(request: Request) -> ExportPath:
-    try:
-        return ExportPath.model_validate(request.path_params)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("path", *error["loc"])} for error in exc.errors()]
-        ) from None
-
-
-# Credentials are checked before the path: an unauthenticated caller learns nothing, not even
-# which ids are malformed.
-async def get_stored_export(request: Request) -> Response:
-    principal = await authenticate(request)
-    path = _export_path(request)
-    state = app_state(request)
+@router.get(
+    "/v1/intent/audiences/{id}/runs/{runId}/exports/{exportId}",
+    summary="Get a stored export and fresh signed download URL",
+    response_model=StoredExportResponse,
+    responses=_RESPONSES,
+    openapi_extra={"security": SECURITY_REQUIREMENT},
+)
+async def get_stored_export(
+    request: Request,
+    principal: CurrentPrincipal,
+    backends: Annotated[ExportBackends, Depends(get_backends)],
+    audience_id: Annotated[UUID, Path(alias="id")],
+    run_id: Annotated[UUID, Path(alias="runId")],
+    export_id: Annotated[UUID, Path(alias="exportId")],
+) -> StoredExportResponse:
     row = await find_export(
-        state.db,
+        backends.database,
         organization_id=principal.organization_id,
-        audience_id=path.audience_id,
-        run_id=path.run_id,
-        export_id=path.export_id,
+        audience_id=audience_id,
+        run_id=run_id,
+        export_id=export_id,
     )
     if row is None:
         raise ExportNotFound()
@@ -108,17 +92,17 @@ async def get_stored_export(request: Request) -> Response:
         )
     if export.expires_at is not None and export.expires_at <= utc_now():
         raise ExportExpired()
-    if state.signer is None:
+    if backends.signer is None:
         raise StorageNotConfigured()
     # The table's CHECK constraint guarantees both for completed exports.
     assert export.bucket_name is not None and export.file_name is not None
     try:
-        signed = await state.signer.sign(export.bucket_name, export.file_name, export.expires_at)
+        signed = await backends.signer.sign(export.bucket_name, export.file_name, export.expires_at)
     except ValueError:
         # Expired between the check above and the signing clock read.
         raise ExportExpired() from None
     request.state.b2 = "cached_token" if signed.reused else "minted"
-    body = StoredExportResponse(
+    return StoredExportResponse(
         data=IntentAudienceExportWithUrl(
             export=export,
             download_url=signed.url,
@@ -126,25 +110,4 @@ async def get_stored_export(request: Request) -> Response:
             download_url_ttl_seconds=signed.ttl_seconds,
         ),
         meta=envelope_meta(request),
-    )
-    return Response(body.model_dump_json(by_alias=True), media_type="application/json")
-
-
-def add_export_route(app: FastAPI) -> None:
-    # On the app's own router rather than through `include_router`: FastAPI matches the routes
-    # of an included router through an extra layer on every request (0.7-5.8% of this route's
-    # throughput in A/B runs; docs/performance.md).
-    app.router.add_api_route(
-        "/v1/intent/audiences/{id}/runs/{runId}/exports/{exportId}",
-        get_stored_export,
-        methods=["GET"],
-        route_class_override=BareRequestRoute,
-        tags=["Audience Builder"],
-        summary="Get a stored export and fresh signed download URL",
-        response_model=StoredExportResponse,
-        responses=_RESPONSES,
-        openapi_extra={
-            "security": SECURITY_REQUIREMENT,
-            "parameters": [_path_parameter(name) for name in ("id", "runId", "exportId")],
-        },
     )

@@ -6,11 +6,13 @@ See `shared/spec/get-stored-export.openapi.yaml`; names and nullability must not
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
+
+from app.api.envelope import ApiMeta
 
 
 class CamelModel(BaseModel):
@@ -50,22 +52,6 @@ class IntentAudienceExportWithUrl(CamelModel):
     download_url_ttl_seconds: int | None
 
 
-class ApiMeta(BaseModel):
-    timestamp: datetime
-    request_id: str
-
-
 class StoredExportResponse(BaseModel):
     data: IntentAudienceExportWithUrl
-    meta: ApiMeta
-
-
-class ApiError(BaseModel):
-    code: str
-    message: str
-    details: Any = None
-
-
-class ApiErrorResponse(BaseModel):
-    error: ApiError
     meta: ApiMeta

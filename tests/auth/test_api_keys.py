@@ -11,9 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from app.api_keys import generate_key, hash_key, revoke_api_key
-from app.tables import api_keys
-from tests.conftest import MakeSettings, Tenant, World, bearer, key_headers, serve
+from app.auth.api_keys import generate_key, hash_key, revoke_api_key
+from app.db.tables import api_keys
+from tests.support.app import MakeSettings, bearer, key_headers, serve
+from tests.support.world import Tenant, World
 
 
 def assert_unauthorized(response: httpx.Response, *, mentions: str | None = None) -> None:
@@ -184,7 +185,7 @@ async def test_steady_api_key_traffic_costs_one_statement_per_request(
     from sqlalchemy import event
 
     from app.main import create_app
-    from tests.contract import validate_response_hook
+    from tests.support.contract import validate_response_hook
 
     export = await world.export(tenant, status="processing")
     key = await world.api_key(tenant.org)
@@ -198,7 +199,7 @@ async def test_steady_api_key_traffic_costs_one_statement_per_request(
             event_hooks={"response": [validate_response_hook]},
         ) as client,
     ):
-        engine = app.state.orbit.db.engine.sync_engine
+        engine = app.state.export_backends.database.engine.sync_engine
         event.listen(
             engine,
             "before_cursor_execute",
@@ -240,15 +241,15 @@ async def test_remembered_keys_are_rechecked_together_not_per_request(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
     ):
         event.listen(
-            app.state.orbit.db.engine.sync_engine,
+            app.state.export_backends.database.engine.sync_engine,
             "connect",
             lambda dbapi, record: record.driver_connection.add_query_logger(
                 lambda query: statements.append(query.query)
             ),
         )
         # New connections, with the logger.
-        await app.state.orbit.db.release_kept()
-        app.state.orbit.db.engine.sync_engine.pool.dispose()
+        await app.state.export_backends.database.release_kept()
+        app.state.export_backends.database.engine.sync_engine.pool.dispose()
         path = tenant.path(export["id"])
         for key in keys:
             assert (await client.get(path, headers=key_headers(key))).status_code == 409

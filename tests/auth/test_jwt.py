@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from tests.auth.test_api_keys import assert_unauthorized
-from tests.conftest import MakeSettings, Tenant, World, bearer, serve
+from tests.support.app import MakeSettings, bearer, serve
+from tests.support.assertions import assert_unauthorized
+from tests.support.world import Tenant, World
 
 
 class Jwks:
@@ -127,7 +128,7 @@ async def test_bad_hs256_tokens_are_401(
 async def test_token_without_exp_is_401(
     client: httpx.AsyncClient, world: World, tenant: Tenant
 ) -> None:
-    from tests.conftest import JWT_SECRET
+    from tests.support.constants import JWT_SECRET
 
     token = jwt.encode({"sub": "u1", "org_id": str(tenant.org)}, JWT_SECRET, algorithm="HS256")
     assert_unauthorized(await client.get(tenant.path(uuid.uuid4()), headers=bearer(token)))
@@ -278,7 +279,7 @@ async def test_rs256_refused_when_not_in_allowed_algorithms(
 def test_a_verified_token_is_remembered_unless_the_cache_is_off(
     make_settings: MakeSettings, world: World, tenant: Tenant
 ) -> None:
-    from app.auth import JwtVerifier
+    from app.auth.jwt_verifier import JwtVerifier
 
     token = world.jwt(tenant.org)
     cached = JwtVerifier(make_settings(), None)
@@ -294,7 +295,7 @@ def test_a_verified_token_is_checked_again_after_the_cache_lifetime(
 ) -> None:
     import time
 
-    from app.auth import JwtVerifier
+    from app.auth.jwt_verifier import JwtVerifier
 
     token = world.jwt(tenant.org)
     verifier = JwtVerifier(make_settings(jwt_cache_seconds=0.3), None)

@@ -10,16 +10,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import (
-    Emulator,
-    MakeSettings,
-    Tenant,
-    World,
-    bearer,
-    download,
-    key_headers,
-    serve,
-)
+from tests.support.app import MakeSettings, bearer, download, key_headers, serve
+from tests.support.emulator import Emulator
+from tests.support.world import Tenant, World
 
 
 def _without_meta(body: dict[str, object]) -> dict[str, object]:

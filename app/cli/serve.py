@@ -1,0 +1,84 @@
+"""`orbit-exports serve` (run the API with uvicorn) and `orbit-exports migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from app.cli.common import ready_database_url
+from app.core.process import SUPERVISOR_PID_ENV
+from app.core.settings import Settings, get_settings
+
+# Read by prometheus-client when it is first imported (app/core/metrics.py).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _prepare_metrics_dir() -> Path | None:
+    """An empty folder for this run's metric samples, shared by every worker: the operator's
+    PROMETHEUS_MULTIPROC_DIR, emptied, or a new temporary one (returned, to be removed)."""
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        folder = Path(given)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="orbit-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(folder)
+    return folder
+
+
+def run_server(settings: Settings, host: str, port: int) -> None:
+    """Serve `app.main:app` with uvicorn until it stops. The app and its workers read their
+    settings from the environment, where the resolved DATABASE_URL is put first."""
+    import uvicorn
+
+    # Several workers share one metrics folder; nothing may import prometheus-client before
+    # the folder is in the environment.
+    shared_metrics = settings.web_concurrency > 1 or METRICS_DIR_ENV in os.environ
+    metrics_dir = _prepare_metrics_dir() if settings.metrics_enabled and shared_metrics else None
+    os.environ["DATABASE_URL"] = ready_database_url(settings)
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
+    get_settings.cache_clear()
+    try:
+        uvicorn.run(
+            "app.main:app",
+            host=host,
+            port=port,
+            workers=settings.web_concurrency,
+            # uvicorn's own lines go through our JSON (or console) handler.
+            log_config=None,
+            log_level=settings.log_level.lower(),
+            proxy_headers=False,
+            # One structured line per request comes from the app (app.access) instead.
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    run_server(settings, args.host or settings.host, args.port or settings.port)
+    return 0
+
+
+def migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db.engine import database_url, redact
+    from app.db.migrations import run_migrations
+
+    url = database_url(settings)
+    run_migrations(url)
+    print(f"migrated {redact(url)} to head")  # noqa: T201
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = sub.add_parser("serve", help="run the API")
+    command.add_argument("--host", help="address to listen on (default: HOST, or 127.0.0.1)")
+    command.add_argument("--port", type=int, help="port to listen on (default: PORT, or 8000)")
+    command.set_defaults(handler=serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(handler=migrate)

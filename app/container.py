@@ -1,0 +1,122 @@
+"""The composition root: builds every long-lived object from the settings, hands each what it
+needs, and runs their background tasks for as long as the app lives.
+
+Nothing else constructs components or reads another component's internals; the routes receive
+the few objects they use through `app.state` (set in `app.main`), and metrics learn of requests,
+B2 calls, the pool and the breaker through the callbacks wired here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from app.api.health import Readiness
+from app.api.metrics_endpoint import MetricsAccess
+from app.auth.api_keys import ApiKeyResolver, CachedApiKeys, DatabaseApiKeys
+from app.auth.dependencies import Authenticator
+from app.auth.jwt_verifier import JwksCache, JwtVerifier
+from app.auth.rate_limit import InMemoryRateLimiter
+from app.core import metrics
+from app.core.settings import Settings
+from app.db.database import Database
+from app.db.engine import create_engine, database_url
+from app.exports.router import ExportBackends
+from app.storage.b2_client import B2Client
+from app.storage.signer import DownloadSigner
+from app.storage.token_cache import InMemoryTokenCache
+
+logger = logging.getLogger("app.main")
+
+READY_DB_TIMEOUT_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    authenticator: Authenticator
+    export_backends: ExportBackends
+    readiness: Readiness
+    metrics_access: MetricsAccess | None
+
+
+@contextlib.asynccontextmanager
+async def open_components(settings: Settings) -> AsyncIterator[Components]:
+    # Started once everything is built, cancelled at shutdown.
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    db = Database(create_engine(settings, database_url(settings)), settings)
+
+    jwks = None
+    if settings.jwt_jwks_url:
+        jwks = JwksCache(
+            settings.jwt_jwks_url,
+            settings.jwt_jwks_timeout_seconds,
+            settings.jwt_jwks_refresh_seconds,
+        )
+        # Keys are in memory before the first request; a JWKS outage only logs.
+        await jwks.try_refresh()
+        background.append(jwks.run)
+
+    api_keys: ApiKeyResolver = (
+        CachedApiKeys(settings.api_key_cache_seconds, db)
+        if settings.api_key_cache_seconds
+        else DatabaseApiKeys(db)
+    )
+    background.append(api_keys.run)
+    authenticator = Authenticator(
+        JwtVerifier(settings, jwks),
+        api_keys,
+        (
+            InMemoryRateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+            if settings.rate_limit_per_minute
+            else None
+        ),
+    )
+
+    observe_b2 = metrics.observe_b2_call if settings.metrics_enabled else None
+    b2 = B2Client(settings, observe_call=observe_b2) if settings.storage_configured else None
+    token_cache = InMemoryTokenCache.from_settings(settings)
+    signer = None
+    if b2 is not None:
+        b2.start()
+        signer = DownloadSigner(b2, token_cache, settings.export_url_ttl_seconds)
+    else:
+        logger.warning("B2 is not configured: completed exports will answer 503")
+
+    metrics_access = None
+    if settings.metrics_enabled:
+        sampler = metrics.WorkerSampler(
+            pool_size=db.pool_size,
+            connections_in_use=lambda: db.in_use,
+            breaker_state=lambda: b2.breaker.state if b2 is not None else None,
+            token_cache=token_cache.counts if b2 is not None else None,
+        )
+        background.append(sampler.run)
+        token = settings.metrics_token
+        metrics_access = MetricsAccess(
+            sampler, token.get_secret_value().encode() if token is not None else None
+        )
+
+    components = Components(
+        authenticator=authenticator,
+        export_backends=ExportBackends(database=db, signer=signer),
+        readiness=Readiness(
+            ping_database=lambda: db.ping(READY_DB_TIMEOUT_SECONDS),
+            storage_configured=signer is not None,
+        ),
+        metrics_access=metrics_access,
+    )
+    tasks = [asyncio.create_task(job()) for job in background]
+    try:
+        yield components
+    finally:
+        if settings.metrics_enabled:
+            metrics.worker_exiting()
+        for task in tasks:
+            task.cancel()
+        if b2 is not None:
+            b2.close()
+        await db.close()

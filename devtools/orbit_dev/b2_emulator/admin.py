@@ -1,0 +1,62 @@
+"""Admin endpoints for tests: read and clear the request log, inject faults into `/b2api/`
+calls, expire every account token, move the emulator's clock forward (to expire tokens without
+sleeping)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from orbit_dev.b2_emulator.state import Faults, emulator_state, json_body
+
+router = APIRouter(prefix="/_emulator")
+
+
+@router.get("/requests")
+async def request_log(request: Request) -> Response:
+    state = emulator_state(request)
+    return JSONResponse(state.request_log)
+
+
+@router.delete("/requests")
+async def clear_request_log(request: Request) -> Response:
+    state = emulator_state(request)
+    state.request_log.clear()
+    return Response(status_code=204)
+
+
+@router.post("/faults")
+async def set_faults(request: Request) -> Response:
+    state = emulator_state(request)
+    body = await json_body(request)
+    state.faults = Faults(
+        status=body.get("status"),
+        delay_seconds=float(body.get("delaySeconds", 0)),
+        malformed=bool(body.get("malformed", False)),
+        apis=body.get("apis"),
+        remaining=body.get("count"),
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/faults")
+async def clear_faults(request: Request) -> Response:
+    state = emulator_state(request)
+    state.faults = Faults()
+    return Response(status_code=204)
+
+
+@router.post("/expire-account-tokens")
+async def expire_account_tokens(request: Request) -> Response:
+    state = emulator_state(request)
+    for token in state.account_tokens:
+        state.account_tokens[token] = state.now()
+    return Response(status_code=204)
+
+
+@router.post("/clock")
+async def advance_clock(request: Request) -> Response:
+    state = emulator_state(request)
+    body = await json_body(request)
+    state.clock_offset += float(body.get("advanceSeconds", 0))
+    return JSONResponse({"offsetSeconds": state.clock_offset})

@@ -1,0 +1,303 @@
+"""`orbit-dev`: tools for developers and tests, not part of the service's install or image.
+
+- `run`: the demo behind `make run`: embedded Postgres, the B2 emulator when no B2 credentials
+  are set, seeded data, ready-to-paste requests, then the API itself.
+- `b2-emulator`: the B2 native-API emulator on its own.
+- `token`: an HS256 dashboard JWT signed with JWT_SECRET.
+- `exports add`: upload a CSV to B2 and register its export row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from app.cli.common import (
+    aware_datetime,
+    in_transaction,
+    load_settings,
+    progress,
+    ready_database_url,
+    uuid_argument,
+)
+from app.core.logs import configure_logging
+from app.core.process import die_with_parent
+from app.core.settings import Settings, get_settings
+from app.db.embedded import EmbeddedPostgresMissing
+from orbit_dev.uploads import upload
+
+# --- run (the demo) --------------------------------------------------------------------------
+
+
+def _persistent_secret(path: Path) -> str:
+    """A JWT secret for the demo, made once and kept in the data folder (mode 0600)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+def _start_emulator(bucket: str, cors_origins: list[str]) -> subprocess.Popen[bytes]:
+    """Run the B2 emulator beside the API and point this process's settings at it."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    key_id, key = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    command = [sys.executable, "-m", "orbit_dev.cli", "b2-emulator", "--port", str(port)]
+    # `--key=...`: a random key may start with "-", which argparse would take for an option.
+    command += [f"--key-id={key_id}", f"--key={key}", "--bucket", bucket]
+    # The dashboard origins the API accepts may also download from the demo bucket.
+    command += [f"--cors-origin={origin}" for origin in cors_origins]
+    proc = subprocess.Popen(command, preexec_fn=die_with_parent)  # noqa: S603 - our own module
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            httpx.get(f"{url}/_emulator/requests", timeout=1)
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the B2 emulator did not start") from None
+            time.sleep(0.05)
+    os.environ |= {"B2_APPLICATION_KEY_ID": key_id, "B2_APPLICATION_KEY": key, "B2_REALM": url}
+    progress(f"no B2 credentials configured: B2 emulator started at {url}")
+    return proc
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from app.cli.serve import run_server
+    from orbit_dev import demo
+
+    os.environ["DATABASE_URL"] = ready_database_url(settings)
+    if settings.jwt_secret is None:
+        os.environ["JWT_SECRET"] = _persistent_secret(settings.orbit_data_dir / "jwt-secret")
+    emulator = None
+    try:
+        if not settings.storage_configured:
+            emulator = _start_emulator(args.bucket, settings.cors_allow_origins)
+        get_settings.cache_clear()
+        settings = get_settings()
+        host, port = args.host or settings.host, args.port or settings.port
+        data = demo.seed(settings, args.bucket)
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        print(demo.instructions(data, f"http://{shown_host}:{port}"), flush=True)  # noqa: T201
+        run_server(settings, host, port)
+    finally:
+        if emulator is not None:
+            emulator.terminate()
+            try:
+                emulator.wait(5)
+            except subprocess.TimeoutExpired:
+                emulator.kill()
+    return 0
+
+
+# --- b2-emulator -----------------------------------------------------------------------------
+
+
+def cmd_b2_emulator(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from orbit_dev.b2_emulator import create_emulator
+
+    app = create_emulator(args.key_id, args.key, args.bucket, args.public_url, args.cors_origin)
+    # Explicit: uvicorn would read WEB_CONCURRENCY, meant for the API, and refuse to start.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    return 0
+
+
+# --- token -----------------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    import jwt
+
+    if settings.jwt_secret is None:
+        print("JWT_SECRET is not set: cannot sign a token", file=sys.stderr)  # noqa: T201
+        return 2
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": str(args.user),
+        settings.jwt_org_claim: str(args.org),
+        "iat": now,
+        "exp": now + timedelta(seconds=args.ttl_seconds),
+    }
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    print(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))  # noqa: T201
+    return 0
+
+
+# --- exports add -----------------------------------------------------------------------------
+
+
+def count_csv_rows(data: bytes) -> int:
+    """Data rows of a CSV with a header line (quoted newlines count once)."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig")))
+    return max(sum(1 for _ in reader) - 1, 0)
+
+
+def cmd_exports_add(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import insert
+
+    from app.db.tables import intent_audience_exports
+    from app.exports.schemas import IntentAudienceExport
+
+    export_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "id": export_id,
+        "organization_id": args.org,
+        "audience_id": args.audience,
+        "run_id": args.run,
+        "status": args.status,
+        "bucket_name": args.bucket,
+        "expires_at": args.expires_at,
+        "requested_by": args.requested_by,
+    }
+    if args.status == "completed":
+        if args.file is None:
+            print("--file is required for a completed export", file=sys.stderr)  # noqa: T201
+            return 2
+        if not settings.storage_configured:
+            print("B2 is not configured (B2_APPLICATION_KEY_ID/KEY)", file=sys.stderr)  # noqa: T201
+            return 2
+        data = Path(args.file).read_bytes()
+        file_name = f"exports/{args.org}/{args.audience}/{args.run}/{export_id}.csv"
+        values |= {
+            "file_name": file_name,
+            "file_id": upload(settings, args.bucket, file_name, data),
+            "byte_size": len(data),
+            "row_count": count_csv_rows(data),
+            "content_sha1": hashlib.sha1(data, usedforsecurity=False).hexdigest(),
+            "completed_at": now,
+        }
+    elif args.status == "failed":
+        values |= {"error_code": args.error_code, "error_message": args.error_message}
+
+    async def insert_row(conn: Any) -> Any:
+        result = await conn.execute(
+            insert(intent_audience_exports).values(**values).returning(intent_audience_exports)
+        )
+        return result.mappings().one()
+
+    row = in_transaction(settings, insert_row)
+    export = IntentAudienceExport.model_validate(dict(row))
+    print(export.model_dump_json(by_alias=True))  # noqa: T201
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orbit-dev", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the demo: seeded data, printed requests, then the API")
+    run.add_argument("--host", help="address to listen on (default: HOST, or 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port to listen on (default: PORT, or 8000)")
+    run.add_argument(
+        "--bucket",
+        default=os.environ.get("DEMO_BUCKET", "orbit-exports"),
+        help="B2 bucket of the demo export (default: DEMO_BUCKET, or orbit-exports)",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    token = sub.add_parser("token", help="print an HS256 dashboard JWT signed with JWT_SECRET")
+    token.add_argument(
+        "--org", type=uuid_argument, required=True, help="organization UUID (org claim)"
+    )
+    token.add_argument(
+        "--user", type=uuid_argument, required=True, help="user UUID (the sub claim)"
+    )
+    token.add_argument("--ttl-seconds", type=int, default=3600, help="lifetime (default 3600)")
+    token.set_defaults(handler=cmd_token)
+
+    exports = sub.add_parser("exports", help="register stored exports for tests and demos")
+    exports_sub = exports.add_subparsers(dest="action", required=True)
+    add = exports_sub.add_parser("add", help="upload a CSV to B2 and insert its export row")
+    add.add_argument("--org", type=uuid_argument, required=True, help="organization UUID")
+    add.add_argument("--audience", type=uuid_argument, required=True, help="audience UUID")
+    add.add_argument("--run", type=uuid_argument, required=True, help="audience run UUID")
+    add.add_argument("--bucket", required=True, help="B2 bucket to upload the file to")
+    add.add_argument("--file", help="the CSV to upload (required for a completed export)")
+    add.add_argument(
+        "--status",
+        choices=["completed", "processing", "failed"],
+        default="completed",
+        help="the export's status (default: completed)",
+    )
+    add.add_argument(
+        "--expires-at", type=aware_datetime, help="ISO 8601 time with a zone; default: never"
+    )
+    add.add_argument("--requested-by", type=uuid_argument, help="UUID of the user who asked for it")
+    add.add_argument(
+        "--error-code",
+        default="EXPORT_GENERATION_FAILED",
+        help="errorCode of a failed export",
+    )
+    add.add_argument(
+        "--error-message",
+        default="The export could not be generated.",
+        help="errorMessage of a failed export",
+    )
+    add.set_defaults(handler=cmd_exports_add)
+
+    emu = sub.add_parser("b2-emulator", help="run the B2 native-API emulator")
+    emu.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emu.add_argument("--port", type=int, required=True, help="port to listen on")
+    emu.add_argument("--key-id", required=True, help="the application key id it accepts")
+    emu.add_argument("--key", required=True, help="the application key it accepts")
+    emu.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
+    emu.add_argument(
+        "--public-url", help="download base URL given to clients (default: as reached)"
+    )
+    emu.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="browser origin the buckets' CORS rule lets download files (repeatable)",
+    )
+    emu.set_defaults(handler=cmd_b2_emulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        result: int = args.handler(args, settings)
+    except EmbeddedPostgresMissing as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Settings: accepted forms, bounds, and refusal to start with unsafe values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app.core.settings import Settings
+
+
+def make(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d", "postgres://u:p@h/d"]
+)
+def test_database_url_accepts_both_schemes(url: str) -> None:
+    settings = make(database_url=url)
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value().startswith("postgresql+asyncpg://")
+
+
+def test_database_url_rejects_other_schemes() -> None:
+    with pytest.raises(ValidationError):
+        make(database_url="mysql://u@h/d")
+
+
+@pytest.mark.parametrize("ttl", [59, 604_801, 0, -1])
+def test_ttl_outside_60_to_604800_is_refused(ttl: int) -> None:
+    with pytest.raises(ValidationError):
+        make(export_url_ttl_seconds=ttl)
+
+
+@pytest.mark.parametrize("ttl", [60, 3600, 604_800])
+def test_ttl_bounds_are_inclusive(ttl: int) -> None:
+    assert make(export_url_ttl_seconds=ttl).export_url_ttl_seconds == ttl
+
+
+def test_algorithms_parse_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", "HS256, RS256")
+    monkeypatch.setenv("JWT_JWKS_URL", "http://127.0.0.1:1/jwks")
+    assert make().jwt_algorithms == ["HS256", "RS256"]
+
+
+@pytest.mark.parametrize("algs", ["none", "HS256,none", ",", "RS1"])
+def test_unknown_or_empty_algorithms_are_refused(
+    monkeypatch: pytest.MonkeyPatch, algs: str
+) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", algs)
+    with pytest.raises(ValidationError):
+        make()
+
+
+def test_asymmetric_algorithms_need_a_jwks_url() -> None:
+    with pytest.raises(ValidationError, match="JWT_JWKS_URL"):
+        make(jwt_algorithms=["RS256"])
+
+
+def test_short_jwt_secret_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 32"):
+        make(jwt_secret="short")
+
+
+def test_placeholder_secret_is_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="placeholder"):
+        make(
+            environment="production",
+            database_url="postgresql://db/orbit",
+            jwt_secret="changethis" * 4,
+        )
+
+
+def test_production_needs_a_database_url() -> None:
+    with pytest.raises(ValidationError, match="DATABASE_URL is required"):
+        make(environment="production")
+    assert make(environment="production", database_url="postgresql://db/orbit").port == 8000
+
+
+def test_host_port_and_workers_come_from_the_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HOST", "PORT", "WEB_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    env_file = tmp_path / ".env"
+    env_file.write_text("HOST=127.0.0.2\nPORT=9000\nWEB_CONCURRENCY=3\n")
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert (settings.host, settings.port, settings.web_concurrency) == ("127.0.0.2", 9000, 3)
+
+
+def test_secrets_are_read_from_a_secrets_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    (tmp_path / "jwt_secret").write_text("a-container-secret-0123456789abcdef")
+    settings = Settings(_env_file=None, _secrets_dir=tmp_path)  # type: ignore[call-arg]
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "a-container-secret-0123456789abcdef"
+
+
+def test_half_configured_b2_is_refused() -> None:
+    with pytest.raises(ValidationError, match="B2_APPLICATION_KEY"):
+        make(b2_application_key_id="id-only")
+
+
+def test_secrets_do_not_appear_in_repr() -> None:
+    settings = make(
+        jwt_secret="s" * 40, b2_application_key_id="kid", b2_application_key="b2-secret-value"
+    )
+    assert "s" * 40 not in repr(settings)
+    assert "b2-secret-value" not in repr(settings)
+
+
+def test_empty_environment_values_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", "")
+    monkeypatch.setenv("JWT_JWKS_URL", "")
+    monkeypatch.setenv("DATABASE_URL", "")
+    settings = make()
+    assert settings.jwt_algorithms == ["HS256"]
+    assert settings.jwt_jwks_url is None
+    assert settings.database_url is None

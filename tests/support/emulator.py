@@ -1,0 +1,36 @@
+"""The B2 emulator as the tests drive it: its request log, clock and fault switches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Emulator:
+    url: str
+
+    def requests(self) -> list[dict[str, Any]]:
+        log: list[dict[str, Any]] = httpx.get(f"{self.url}/_emulator/requests").json()
+        return log
+
+    def calls(self, api_name: str) -> int:
+        return sum(1 for r in self.requests() if r["path"].endswith("/" + api_name))
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.url}/_emulator/requests")
+
+    def advance_clock(self, seconds: float) -> None:
+        httpx.post(f"{self.url}/_emulator/clock", json={"advanceSeconds": seconds})
+
+    def inject(self, **faults: Any) -> None:
+        """status=503, delaySeconds=2, malformed=True, apis=[...], count=N (see the emulator)."""
+        httpx.post(f"{self.url}/_emulator/faults", json=faults).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.url}/_emulator/faults").raise_for_status()
+
+    def expire_account_tokens(self) -> None:
+        httpx.post(f"{self.url}/_emulator/expire-account-tokens").raise_for_status()

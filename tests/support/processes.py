@@ -1,0 +1,63 @@
+"""Real servers started by the tests: free ports, waiting for them, and `orbit-exports serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from tests.support.constants import CLI
+from tests.support.secrets import LOG_FILES
+
+# The `serve` process behind each server_process URL.
+SERVER_PIDS: dict[str, int] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def server_process(
+    env: dict[str, str], log_dir: Path, extra: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A real `orbit-exports serve` on a free port, its output kept in `log_dir` (and searched
+    for secrets at the end); yields its base URL once /livez answers."""
+    port = free_port()
+    log = log_dir / "server.log"
+    LOG_FILES.append(log)
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [CLI, "serve", "--port", str(port)],
+            env=env | (extra or {}),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[url] = proc.pid
+    try:
+        wait_for_http(url + "/livez")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)

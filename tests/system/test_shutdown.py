@@ -1,0 +1,109 @@
+"""SIGTERM on a real `orbit-exports serve`: in-flight requests finish, new connections are
+refused, the process exits within its grace period; /readyz reports draining."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.api.health import Readiness
+from tests.support.app import MakeSettings, bearer, serve
+from tests.support.constants import B2_KEY, B2_KEY_ID, CLI, JWT_SECRET
+from tests.support.emulator import Emulator
+from tests.support.processes import free_port, wait_for_http
+from tests.support.world import World
+
+
+@pytest.fixture
+def clean_emulator(emulator: Emulator) -> Iterator[Emulator]:
+    emulator.clear_faults()
+    yield emulator
+    emulator.clear_faults()
+
+
+async def test_sigterm_lets_the_in_flight_request_finish(
+    database_url: str, clean_emulator: Emulator, world: World
+) -> None:
+    tenant = world.tenant()
+    export = await world.export(tenant)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("B2_", "JWT_", "DATABASE_"))}
+    env |= {
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": JWT_SECRET,
+        "B2_APPLICATION_KEY_ID": B2_KEY_ID,
+        "B2_APPLICATION_KEY": B2_KEY,
+        "B2_REALM": clean_emulator.url,
+        "STORAGE_TIMEOUT_SECONDS": "5",
+        "SHUTDOWN_GRACE_SECONDS": "10",
+        # The slow request must reach (slow) B2, not the token cache.
+        "EXPORT_URL_CACHE_SIZE": "0",
+    }
+    headers = bearer(world.jwt(tenant.org))
+    await asyncio.to_thread(
+        _sigterm_scenario, env, tenant.path(export["id"]), headers, clean_emulator
+    )
+
+
+def _sigterm_scenario(
+    env: dict[str, str], path: str, headers: dict[str, str], emulator: Emulator
+) -> None:
+    port = free_port()
+    proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/livez")
+        url = base + path
+        assert httpx.get(url, headers=headers).status_code == 200  # warm: B2 authorized
+        emulator.inject(delaySeconds=1.5, apis=["b2_get_download_authorization"])
+        result: dict[str, httpx.Response] = {}
+        slow = threading.Thread(
+            target=lambda: result.update(r=httpx.get(url, headers=headers, timeout=10))
+        )
+        slow.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(base + "/livez", timeout=2)
+        slow.join(10)
+        assert result["r"].status_code == 200
+        # uvicorn re-raises the SIGTERM it handled once shutdown is complete.
+        assert proc.wait(10) in (0, -signal.SIGTERM)
+        assert time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_readyz_is_503_once_shutdown_has_begun(
+    make_settings: MakeSettings, world: World
+) -> None:
+    async with serve(make_settings()) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        app = client._transport.app  # type: ignore[attr-defined]
+        readiness_of(app).draining = True
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["error"]["details"] == {"shutdown": "in_progress"}
+        tenant = world.tenant()
+        # Requests still in the pipe are served while draining.
+        token = world.jwt(tenant.org)
+        assert (
+            await client.get(tenant.path(uuid.uuid4()), headers=bearer(token))
+        ).status_code == 404
+
+
+def readiness_of(app: object) -> Readiness:
+    readiness = app.state.readiness  # type: ignore[attr-defined]
+    assert isinstance(readiness, Readiness)
+    return readiness
