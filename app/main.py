@@ -21,6 +21,7 @@ from app.api.cors import DashboardCORSMiddleware
 from app.api.errors import install_error_handlers
 from app.api.request_context import RequestContextMiddleware
 from app.auth.dependencies import SECURITY_SCHEMES
+from app.auth.middleware import AuthenticationMiddleware
 from app.container import open_components
 from app.core import metrics
 from app.core.logs import configure_logging
@@ -57,6 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's OpenTelemetry hook looks up providers on every request; metrics are ours.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # Innermost first: the caller is resolved after CORS preflights are answered, inside the
+    # request id's context.
+    app.add_middleware(AuthenticationMiddleware)
     if settings.cors_allow_origins:
         app.add_middleware(DashboardCORSMiddleware, origins=settings.cors_allow_origins)
     # Added last, so outermost: every response, CORS rejections included, gets its request id.

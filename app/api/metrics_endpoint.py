@@ -20,7 +20,7 @@ class MetricsAccess:
     token: bytes | None
 
 
-def get_metrics_access(request: Request) -> MetricsAccess:
+async def get_metrics_access(request: Request) -> MetricsAccess:
     access: MetricsAccess = request.app.state.metrics_access
     return access
 

@@ -6,8 +6,9 @@ Rules (also in the README):
   because the two could name different organizations.
 - Every failure is the same 401 `UNAUTHORIZED` with `WWW-Authenticate: Bearer`; the message says
   what to fix but never echoes the credential.
-- A route depending on `CurrentPrincipal` authenticates before FastAPI validates its path, so an
-  unauthenticated caller learns nothing, not even which ids are malformed.
+- Credentials are checked by `AuthenticationMiddleware` before routing; a route depending on
+  `CurrentPrincipal` answers 401 before FastAPI validates its path, so an unauthenticated caller
+  learns nothing, not even which ids are malformed.
 """
 
 from __future__ import annotations
@@ -45,15 +46,18 @@ SECURITY_REQUIREMENT: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKey
 MAX_CREDENTIAL_LENGTH = 8192
 
 
-def _single_header(request: Request, name: str) -> str | None:
-    values = request.headers.getlist(name)
-    if len(values) > 1:
-        raise Unauthorized(f"Send the {name} header once.")
-    if not values:
-        return None
-    if len(values[0]) > MAX_CREDENTIAL_LENGTH:
-        raise Unauthorized(f"The {name} header is too long.")
-    return values[0].strip()
+def _credential_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """The Authorization and X-API-Key values (raw ASGI headers), each sent at most once."""
+    found: dict[bytes, str] = {}
+    for name, value in headers:
+        if name in (b"authorization", b"x-api-key"):
+            label = "Authorization" if name == b"authorization" else "X-API-Key"
+            if name in found:
+                raise Unauthorized(f"Send the {label} header once.")
+            if len(value) > MAX_CREDENTIAL_LENGTH:
+                raise Unauthorized(f"The {label} header is too long.")
+            found[name] = value.decode("latin-1").strip()
+    return found.get(b"authorization"), found.get(b"x-api-key")
 
 
 def _bearer_token(authorization: str) -> str:
@@ -69,7 +73,9 @@ def _bearer_token(authorization: str) -> str:
 
 
 class Authenticator:
-    """Turns a request's credentials into a `Principal`, then applies the rate limit."""
+    """Turns a request's credentials into a `Principal` (run by `AuthenticationMiddleware`), and
+    applies the per-credential rate limit (run by the `CurrentPrincipal` dependency, so only
+    routes that need a caller spend its allowance)."""
 
     def __init__(
         self, jwt_verifier: JwtVerifier, api_keys: ApiKeyResolver, rate_limiter: RateLimiter | None
@@ -78,26 +84,22 @@ class Authenticator:
         self._api_keys = api_keys
         self._rate_limiter = rate_limiter
 
-    async def authenticate(self, request: Request) -> Principal:
-        authorization = _single_header(request, "Authorization")
-        api_key = _single_header(request, "X-API-Key")
+    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal | None:
+        """The caller, None when no credentials were sent; Unauthorized when they are wrong."""
+        authorization, api_key = _credential_headers(headers)
         if authorization and api_key:
             raise Unauthorized("Send either Authorization: Bearer or X-API-Key, not both.")
         if api_key:
-            principal = await self._api_key_principal(api_key)
-        elif authorization:
-            principal = self._jwt_verifier.verify(_bearer_token(authorization))
-        else:
-            raise Unauthorized(
-                "Authenticate with X-API-Key: sk_... or Authorization: Bearer <JWT>."
-            )
-        # For the access log: who called, never with what.
-        request.state.principal = principal
+            return await self._api_key_principal(api_key)
+        if authorization:
+            return self._jwt_verifier.verify(_bearer_token(authorization))
+        return None
+
+    async def check_rate(self, principal: Principal) -> None:
         if self._rate_limiter is not None:
             wait = await self._rate_limiter.retry_after(principal.rate_limit_key)
             if wait is not None:
                 raise RateLimited(wait)
-        return principal
 
     async def _api_key_principal(self, key: str) -> Principal:
         if not key.startswith(KEY_PREFIX) or not key.isascii():
@@ -114,10 +116,16 @@ class Authenticator:
 
 
 async def current_principal(request: Request) -> Principal:
-    # Set by the composition root (app.main); read directly rather than through a second
-    # dependency, which FastAPI would resolve on every request.
+    """The caller `AuthenticationMiddleware` resolved for this request, rate-limited; 401 with
+    the reason when there is none."""
+    outcome = request.scope["state"].get("auth")
+    if outcome is None:
+        raise Unauthorized("Authenticate with X-API-Key: sk_... or Authorization: Bearer <JWT>.")
+    if not isinstance(outcome, Principal):
+        raise outcome
     authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.authenticate(request)
+    await authenticator.check_rate(outcome)
+    return outcome
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

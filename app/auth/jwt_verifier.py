@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +96,14 @@ class JwksCache:
 
 
 class JwtVerifier:
-    def __init__(self, settings: Settings, jwks: JwksCache | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        jwks: JwksCache | None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._algorithms = frozenset(settings.jwt_algorithms)
         self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self._jwks = jwks
@@ -104,7 +112,8 @@ class JwtVerifier:
         self._org_claim = settings.jwt_org_claim
         self._leeway = settings.jwt_leeway_seconds
         self._cache_seconds = settings.jwt_cache_seconds
-        self._verified: TtlCache[str, Principal] = TtlCache(VERIFIED_TOKENS_CACHED)
+        self._wall_clock = wall_clock
+        self._verified: TtlCache[str, Principal] = TtlCache(VERIFIED_TOKENS_CACHED, monotonic)
         required = ["exp", "sub"]
         if self._issuer is not None:
             required.append("iss")
@@ -139,7 +148,7 @@ class JwtVerifier:
         principal = self._verified.get(token)
         if principal is None:
             principal, expires = self._verify(token)
-            lifetime = min(self._cache_seconds, expires - time.time())
+            lifetime = min(self._cache_seconds, expires - self._wall_clock())
             self._verified.put(token, principal, lifetime)
         return principal
 

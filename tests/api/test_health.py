@@ -39,3 +39,11 @@ async def test_readyz_is_503_without_database_and_leaks_nothing(
     assert response.json()["error"]["details"]["database"] == "unavailable"
     assert "db-password-123" not in response.text
     assert "127.0.0.1" not in response.text
+
+
+async def test_probes_ignore_credentials_even_bad_ones(client: httpx.AsyncClient) -> None:
+    """Credentials are resolved before routing for every request; routes that need no caller
+    (the probes) answer the same whatever is sent."""
+    for headers in ({"X-API-Key": "sk_not-a-real-key"}, {"Authorization": "Bearer nope"}):
+        assert (await client.get("/livez", headers=headers)).status_code == 200
+        assert (await client.get("/readyz", headers=headers)).status_code == 200

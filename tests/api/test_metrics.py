@@ -173,11 +173,15 @@ def test_several_workers_report_one_sum(two_workers: str) -> None:
         assert value(text, "orbit_db_pool_size") == 6
 
 
-def test_single_worker_server_serves_its_own_counts(live_server: str) -> None:
+def test_single_worker_server_serves_its_own_counts_and_process_metrics(live_server: str) -> None:
     before = livez_count(scrape_anew(live_server))
     for _ in range(3):
         assert httpx.get(live_server + "/livez").status_code == 200
-    assert livez_count(scrape_anew(live_server)) - before == 3
+    text = scrape_anew(live_server)
+    assert livez_count(text) - before == 3
+    # One process: prometheus-client's default registry, with its process and Python metrics.
+    assert "process_resident_memory_bytes" in text
+    assert "python_info" in text
 
 
 async def test_a_b2_call_past_the_deadline_is_cut_off_in_its_thread_too(

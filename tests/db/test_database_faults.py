@@ -7,18 +7,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.core.settings import Settings
-from app.db.database import Database
 from app.db.embedded import embedded_postgres_url
 from app.db.engine import create_engine
 from app.db.migrations import run_migrations
-from tests.support.app import MakeSettings, bearer, serve
+from tests.support.app import MakeSettings, bearer, key_headers, serve
+from tests.support.database import database
 from tests.support.faults import TcpProxy
 from tests.support.world import Tenant, World
 
@@ -73,6 +71,22 @@ async def test_dropped_connections_are_503_then_recover(
         assert_database_unavailable(*await timed_get(client, path, token))
         proxy.set_mode("pass")
         assert (await client.get(path, headers=bearer(token))).status_code == 404
+
+
+async def test_an_api_key_checked_while_the_database_is_down_is_503_not_401_or_500(
+    make_settings: MakeSettings, proxy: TcpProxy, world: World, tenant: Tenant
+) -> None:
+    """The key is checked before routing (AuthenticationMiddleware); an outage there must
+    still reach the client as the envelope's 503, and the key must work once Postgres is back."""
+    key = await world.api_key(tenant.org)
+    async with serve(make_settings(database_url=proxy.url(), api_key_cache_seconds=0)) as client:
+        path = tenant.path(uuid.uuid4())
+        proxy.set_mode("stall")
+        started = time.monotonic()
+        response = await client.get(path, headers=key_headers(key))
+        assert_database_unavailable(response, time.monotonic() - started)
+        proxy.set_mode("pass")
+        assert (await client.get(path, headers=key_headers(key))).status_code == 404
 
 
 async def test_exhausted_pool_is_503_within_deadline(
@@ -131,18 +145,6 @@ async def test_postgres_stopped_and_restarted(
             assert (await client.get(path, headers=bearer(token))).status_code == 404
     finally:
         server.cleanup()
-
-
-@asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[Database]:
-    """A `Database` on an engine of its own, closed at the end (kept connections given back,
-    then the engine disposed of)."""
-    assert settings.database_url is not None
-    db = Database(create_engine(settings, settings.database_url.get_secret_value()), settings)
-    try:
-        yield db
-    finally:
-        await db.close()
 
 
 async def test_more_requests_than_connections_are_served_in_turn(

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.core.errors import StorageUnavailable
 from tests.support.app import MakeSettings, bearer, serve
 from tests.support.assertions import assert_storage_unavailable
 from tests.support.emulator import Emulator
+from tests.support.storage import make_signer
 from tests.support.world import Tenant, World
 
 SIGN = "b2_get_download_authorization"
@@ -73,26 +75,33 @@ async def test_circuit_breaker_opens_then_closes_when_b2_recovers(
 ) -> None:
     export = await world.export(tenant)
     settings = make_settings(
-        storage_breaker_threshold=3, storage_breaker_cooldown_seconds=0.5, export_url_cache_size=0
+        storage_breaker_threshold=3, storage_breaker_cooldown_seconds=10, export_url_cache_size=0
     )
-    async with serve(settings) as client:
-        headers = bearer(world.jwt(tenant.org))
-        path = tenant.path(export["id"])
-        assert (await client.get(path, headers=headers)).status_code == 200
+    now = [100.0]
+    with make_signer(settings, monotonic=lambda: now[0]) as (signer, _):
+
+        async def sign() -> None:
+            await signer.sign(export["bucket_name"], export["file_name"], None)
+
+        await sign()
         emulator.inject(status=500, apis=[SIGN])
         for _ in range(3):
-            assert_storage_unavailable(await client.get(path, headers=headers))
+            with pytest.raises(StorageUnavailable):
+                await sign()
         emulator.clear()
-        started = time.monotonic()
         for _ in range(5):
-            assert_storage_unavailable(await client.get(path, headers=headers))
-        assert time.monotonic() - started < 0.2
+            with pytest.raises(StorageUnavailable):
+                await sign()
         assert emulator.calls(SIGN) == 0  # open: B2 is not called at all
 
         emulator.clear_faults()
-        await asyncio.sleep(0.6)
-        assert (await client.get(path, headers=headers)).status_code == 200
-        assert (await client.get(path, headers=headers)).status_code == 200
+        now[0] += 9.9
+        with pytest.raises(StorageUnavailable):
+            await sign()  # still open
+        assert emulator.calls(SIGN) == 0
+        now[0] += 0.1
+        await sign()  # the trial succeeds and closes the breaker
+        await sign()
 
 
 async def test_failed_trial_reopens_the_breaker(
@@ -100,21 +109,52 @@ async def test_failed_trial_reopens_the_breaker(
 ) -> None:
     export = await world.export(tenant)
     settings = make_settings(
-        storage_breaker_threshold=2, storage_breaker_cooldown_seconds=0.3, export_url_cache_size=0
+        storage_breaker_threshold=2, storage_breaker_cooldown_seconds=10, export_url_cache_size=0
+    )
+    now = [100.0]
+    with make_signer(settings, monotonic=lambda: now[0]) as (signer, _):
+
+        async def sign() -> None:
+            await signer.sign(export["bucket_name"], export["file_name"], None)
+
+        emulator.inject(status=503, apis=[SIGN])
+        for _ in range(2):
+            with pytest.raises(StorageUnavailable):
+                await sign()
+        now[0] += 10
+        emulator.clear()
+        with pytest.raises(StorageUnavailable):
+            await sign()  # the trial
+        assert emulator.calls(SIGN) >= 1
+        emulator.clear()
+        with pytest.raises(StorageUnavailable):
+            await sign()  # open again
+        assert emulator.calls(SIGN) == 0
+        emulator.clear_faults()
+
+
+async def test_an_open_breaker_answers_the_api_at_once(
+    make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator
+) -> None:
+    export = await world.export(tenant)
+    settings = make_settings(
+        storage_breaker_threshold=2, storage_breaker_cooldown_seconds=60, export_url_cache_size=0
     )
     async with serve(settings) as client:
         headers = bearer(world.jwt(tenant.org))
         path = tenant.path(export["id"])
-        emulator.inject(status=503, apis=[SIGN])
-        for _ in range(2):
-            assert_storage_unavailable(await client.get(path, headers=headers))
-        await asyncio.sleep(0.35)
-        emulator.clear()
-        assert_storage_unavailable(await client.get(path, headers=headers))  # the trial
-        assert emulator.calls(SIGN) >= 1
-        emulator.clear()
-        assert_storage_unavailable(await client.get(path, headers=headers))  # open again
-        assert emulator.calls(SIGN) == 0
+        emulator.inject(status=500, apis=[SIGN])
+        try:
+            for _ in range(2):
+                assert_storage_unavailable(await client.get(path, headers=headers))
+            emulator.clear()
+            started = time.monotonic()
+            for _ in range(5):
+                assert_storage_unavailable(await client.get(path, headers=headers))
+            assert time.monotonic() - started < 0.5
+            assert emulator.calls(SIGN) == 0
+        finally:
+            emulator.clear_faults()
 
 
 async def test_saturated_b2_thread_pool_sheds_requests_within_the_deadline(
