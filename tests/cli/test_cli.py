@@ -3,6 +3,7 @@ processes against the test database and the emulator, as operators and other too
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
@@ -223,3 +224,28 @@ def test_production_without_database_url_refuses_to_start(cli_env: dict[str, str
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "DATABASE_URL" in lines[0], result.stderr
         assert "Traceback" not in result.stderr
+
+
+def _all_options(
+    parser: argparse.ArgumentParser, path: str = ""
+) -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:  # argparse offers no public walk over its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _all_options(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((path, action))
+    return found
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    from orbit_dev.cli import build_parser as build_dev_parser
+
+    from app.cli import build_parser
+
+    for build in (build_parser, build_dev_parser):
+        options = _all_options(build())
+        assert options
+        missing = [f"{path} {action.dest}" for path, action in options if not action.help]
+        assert not missing
