@@ -53,8 +53,9 @@ lint: $(STAMP) ## ruff, ruff format --check, mypy --strict, import-linter, hadol
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
-test: $(STAMP) lint ## lint, then the whole suite (the browser test too where chromium can be had)
+test: $(STAMP) lint ## lint, then the whole suite (the browser and PgBouncer tests where they can run)
 	@$(MAKE) --no-print-directory browser || echo "make test: chromium could not be installed here (needs root and apt); the browser test will be skipped"
+	@$(MAKE) --no-print-directory pgbouncer || echo "make test: pgbouncer could not be installed here (needs root and apt); its tests will be skipped"
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
 		BROWSER_TESTS=$${BROWSER_TESTS:-required} $(BIN)/pytest -q; \
 	else \
@@ -67,6 +68,12 @@ browser: ## install Debian's chromium and chromium-driver when missing (as root,
 		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || exit 1; \
 		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || { \
 		apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver; }; }
+
+pgbouncer: ## install Debian's pgbouncer when missing (as root, via apt), for tests/db/test_pgbouncer.py
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || exit 1; \
+		apt-get install -y -q pgbouncer >/dev/null 2>&1 || { \
+		apt-get update -q >/dev/null && apt-get install -y -q pgbouncer; }; }
 
 fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run, default 120)
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-120} \
@@ -92,4 +99,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-.PHONY: help install run serve migrate migration lint test browser fuzz soak bench lock lowest format
+.PHONY: help install run serve migrate migration lint test browser pgbouncer fuzz soak bench lock lowest format

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.world",
     "tests.fixtures.logs",
+    "tests.fixtures.pgbouncer",
 ]
 
 settings.register_profile("default", max_examples=40, deadline=None)
@@ -23,7 +24,15 @@ settings.register_profile("deep", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Fixtures that reach Postgres or the emulator make a test an integration test.
-_INTEGRATION_FIXTURES = {"database_url", "server_url", "db", "emulator", "b2", "make_settings"}
+_INTEGRATION_FIXTURES = {
+    "database_url",
+    "server_url",
+    "db",
+    "emulator",
+    "b2",
+    "make_settings",
+    "pgbouncer_url",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

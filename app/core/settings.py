@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(1000, ge=10, le=600_000)
     # Everything one request does with the database (checkout, connect, query) ends by then.
     db_deadline_seconds: float = Field(1.5, gt=0, le=60)
+    # false: no named prepared statements, as PgBouncer in transaction pooling mode needs
+    # (every statement is parsed again each time; docs/performance.md gives the cost).
+    db_prepared_statements: bool = True
 
     # On SIGTERM, in-flight requests get this long to finish before the process exits.
     shutdown_grace_seconds: int = Field(20, ge=0, le=600)

@@ -27,6 +27,20 @@ DRIVER_OUTAGES: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # "cannot switch to state ...": the protocol met a connection the server had already
+    # closed (a terminated session, a restart, PgBouncer closing it) mid-operation.
+    asyncpg.exceptions.InternalClientError,
+)
+# Of those, the ones that say "this connection is gone" rather than "the server is refusing
+# work": the statement is tried once more on a fresh connection. The request path only reads,
+# so running it again is safe.
+LOST_CONNECTION: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
 )
 
 
@@ -82,27 +96,12 @@ class Database:
         deadline = self.deadline if deadline is None else deadline
         try:
             async with asyncio.timeout(deadline), self._gate:
-                fairy = await self._connection()
-                self.in_use += 1
-                if self.in_use > self._pool_size:
-                    self._overflow_used_at = time.monotonic()
                 try:
-                    driver = fairy.driver_connection
-                    assert driver is not None
-                    return await getattr(driver, method)(sql, *args)
-                except BaseException as exc:  # the deadline's cancellation included
-                    if isinstance(exc, DRIVER_OUTAGES) or not isinstance(
-                        exc, asyncpg.PostgresError
-                    ):
-                        fairy.invalidate()
-                    raise
-                finally:
-                    self.in_use -= 1
-                    # An invalidated connection is already back in the pool, closed.
-                    if fairy.is_valid:
-                        self._kept.append(fairy)
-                        if len(self._kept) > self._pool_size:
-                            self._close_idle_overflow()
+                    return await self._run_once(method, sql, args)
+                except LOST_CONNECTION as exc:
+                    # Within the same deadline: past it, the request gets its 503.
+                    logger.info("database connection lost (%s); trying again", type(exc).__name__)
+                    return await self._run_once(method, sql, args)
         except TimeoutError:
             logger.warning("database unavailable: no answer within %.1fs", deadline)
             raise DatabaseUnavailable() from None
@@ -113,6 +112,27 @@ class Database:
             # QueryCanceledError: Postgres cut the statement at DB_STATEMENT_TIMEOUT_MS.
             logger.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
+
+    async def _run_once(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        fairy = await self._connection()
+        self.in_use += 1
+        if self.in_use > self._pool_size:
+            self._overflow_used_at = time.monotonic()
+        try:
+            driver = fairy.driver_connection
+            assert driver is not None
+            return await getattr(driver, method)(sql, *args)
+        except BaseException as exc:  # the deadline's cancellation included
+            if isinstance(exc, DRIVER_OUTAGES) or not isinstance(exc, asyncpg.PostgresError):
+                fairy.invalidate()
+            raise
+        finally:
+            self.in_use -= 1
+            # An invalidated connection is already back in the pool, closed.
+            if fairy.is_valid:
+                self._kept.append(fairy)
+                if len(self._kept) > self._pool_size:
+                    self._close_idle_overflow()
 
     async def _connection(self) -> PoolProxiedConnection:
         while self._kept:

@@ -37,6 +37,18 @@ def wait_for_http(url: str, timeout: float = 15.0) -> None:
             time.sleep(0.05)
 
 
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def server_process(
     env: dict[str, str], log_dir: Path, extra: dict[str, str] | None = None
