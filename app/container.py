@@ -13,18 +13,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from app.api.health import Readiness
 from app.api.metrics_endpoint import MetricsAccess
-from app.auth.api_keys import ApiKeyResolver, CachedApiKeys, DatabaseApiKeys
+from app.auth.api_keys import (
+    KEY_CHANGES_CHANNEL,
+    ApiKeyResolver,
+    CachedApiKeys,
+    DatabaseApiKeys,
+)
 from app.auth.dependencies import Authenticator
 from app.auth.jwt_verifier import JwksCache, JwtVerifier
-from app.auth.rate_limit import InMemoryRateLimiter
+from app.auth.rate_limit import InMemoryRateLimiter, RateLimiter
+from app.auth.shared_rate_limit import RedisRateLimiter, redis_client
 from app.core import metrics
 from app.core.settings import Settings
 from app.db.database import Database
 from app.db.engine import create_engine, database_url
+from app.db.notifications import listen_forever
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client
 from app.storage.signer import DownloadSigner
@@ -47,7 +55,8 @@ class Components:
 async def open_components(settings: Settings) -> AsyncIterator[Components]:
     # Started once everything is built, cancelled at shutdown.
     background: list[Callable[[], Coroutine[Any, Any, None]]] = []
-    db = Database(create_engine(settings, database_url(settings)), settings)
+    url = database_url(settings)
+    db = Database(create_engine(settings, url), settings)
 
     jwks = None
     if settings.jwt_jwks_url:
@@ -60,21 +69,42 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         await jwks.try_refresh()
         background.append(jwks.run)
 
-    api_keys: ApiKeyResolver = (
-        CachedApiKeys(settings.api_key_cache_seconds, db)
-        if settings.api_key_cache_seconds
-        else DatabaseApiKeys(db)
-    )
+    api_keys: ApiKeyResolver
+    if settings.api_key_cache_seconds:
+        cached = api_keys = CachedApiKeys(settings.api_key_cache_seconds, db)
+        # Revocations reach every replica within a second; the periodic recheck stays as the
+        # safety net for a lost listening connection.
+        listen_url = settings.database_listen_url
+        background.append(
+            partial(
+                listen_forever,
+                listen_url.get_secret_value() if listen_url is not None else url,
+                KEY_CHANGES_CHANNEL,
+                cached.forget,
+                cached.forget_all,
+            )
+        )
+    else:
+        api_keys = DatabaseApiKeys(db)
     background.append(api_keys.run)
-    authenticator = Authenticator(
-        JwtVerifier(settings, jwks),
-        api_keys,
-        (
-            InMemoryRateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-            if settings.rate_limit_per_minute
-            else None
-        ),
-    )
+    rate_limiter: RateLimiter | None = None
+    shared_limiter = None
+    if settings.rate_limit_per_minute:
+        per_minute, burst = settings.rate_limit_per_minute, settings.rate_limit_burst
+        local = rate_limiter = InMemoryRateLimiter(per_minute, burst)
+        if settings.redis_url is not None:
+            timeout = settings.redis_timeout_seconds
+            rate_limiter = shared_limiter = RedisRateLimiter(
+                redis_client(settings.redis_url.get_secret_value(), timeout),
+                per_minute,
+                burst,
+                fallback=local,
+                timeout=timeout,
+                on_fallback=(
+                    metrics.observe_rate_limit_fallback if settings.metrics_enabled else None
+                ),
+            )
+    authenticator = Authenticator(JwtVerifier(settings, jwks), api_keys, rate_limiter)
 
     observe_b2 = metrics.observe_b2_call if settings.metrics_enabled else None
     b2 = B2Client(settings, observe_call=observe_b2) if settings.storage_configured else None
@@ -119,4 +149,6 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             task.cancel()
         if b2 is not None:
             b2.close()
+        if shared_limiter is not None:
+            await shared_limiter.close()
         await db.close()

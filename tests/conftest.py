@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.world",
     "tests.fixtures.logs",
     "tests.fixtures.pgbouncer",
+    "tests.fixtures.redis",
 ]
 
 settings.register_profile("default", max_examples=40, deadline=None)
@@ -32,6 +33,7 @@ _INTEGRATION_FIXTURES = {
     "b2",
     "make_settings",
     "pgbouncer_url",
+    "redis_url",
 }
 
 

