@@ -27,16 +27,18 @@ from app.auth.api_keys import (
 from app.auth.dependencies import Authenticator
 from app.auth.jwt_verifier import JwksCache, JwtVerifier
 from app.auth.rate_limit import InMemoryRateLimiter, RateLimiter
-from app.auth.shared_rate_limit import RedisRateLimiter, redis_client
+from app.auth.shared_rate_limit import RedisRateLimiter
 from app.core import metrics
 from app.core.settings import Settings
+from app.core.shared_state import RedisGuard, redis_client
 from app.db.database import Database
 from app.db.engine import create_engine, database_url
 from app.db.notifications import listen_forever
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client
+from app.storage.shared_token_cache import RedisTokenCache
 from app.storage.signer import DownloadSigner
-from app.storage.token_cache import InMemoryTokenCache
+from app.storage.token_cache import InMemoryTokenCache, TokenCache
 
 logger = logging.getLogger("app.main")
 
@@ -87,28 +89,39 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     else:
         api_keys = DatabaseApiKeys(db)
     background.append(api_keys.run)
+    # One Redis client for the fleet's shared state, when there is a fleet.
+    redis = None
+    if settings.redis_url is not None:
+        redis = redis_client(settings.redis_url.get_secret_value(), settings.redis_timeout_seconds)
+
+    def guard(component: str) -> RedisGuard:
+        assert redis is not None
+        count = partial(metrics.observe_shared_state_fallback, component)
+        return RedisGuard(
+            redis,
+            component,
+            timeout=settings.redis_timeout_seconds,
+            on_fallback=count if settings.metrics_enabled else None,
+        )
+
     rate_limiter: RateLimiter | None = None
-    shared_limiter = None
     if settings.rate_limit_per_minute:
         per_minute, burst = settings.rate_limit_per_minute, settings.rate_limit_burst
-        local = rate_limiter = InMemoryRateLimiter(per_minute, burst)
-        if settings.redis_url is not None:
-            timeout = settings.redis_timeout_seconds
-            rate_limiter = shared_limiter = RedisRateLimiter(
-                redis_client(settings.redis_url.get_secret_value(), timeout),
-                per_minute,
-                burst,
-                fallback=local,
-                timeout=timeout,
-                on_fallback=(
-                    metrics.observe_rate_limit_fallback if settings.metrics_enabled else None
-                ),
-            )
+        rate_limiter = InMemoryRateLimiter(per_minute, burst)
+        if redis is not None:
+            rate_limiter = RedisRateLimiter(guard("rate_limit"), per_minute, burst, rate_limiter)
     authenticator = Authenticator(JwtVerifier(settings, jwks), api_keys, rate_limiter)
 
     observe_b2 = metrics.observe_b2_call if settings.metrics_enabled else None
     b2 = B2Client(settings, observe_call=observe_b2) if settings.storage_configured else None
-    token_cache = InMemoryTokenCache.from_settings(settings)
+    local_tokens = InMemoryTokenCache.from_settings(settings)
+    token_cache: TokenCache = local_tokens
+    if redis is not None:
+        token_cache = RedisTokenCache(
+            guard("download_tokens"),
+            local_tokens,
+            wait_seconds=settings.storage_timeout_seconds,
+        )
     signer = None
     if b2 is not None:
         b2.start()
@@ -122,7 +135,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             pool_size=db.pool_size,
             connections_in_use=lambda: db.in_use,
             breaker_state=lambda: b2.breaker.state if b2 is not None else None,
-            token_cache=token_cache.counts if b2 is not None else None,
+            token_cache=local_tokens.counts if b2 is not None else None,
         )
         background.append(sampler.run)
         token = settings.metrics_token
@@ -149,6 +162,6 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             task.cancel()
         if b2 is not None:
             b2.close()
-        if shared_limiter is not None:
-            await shared_limiter.close()
+        if redis is not None:
+            await redis.aclose()
         await db.close()

@@ -105,8 +105,8 @@ def observe_request(route: str | None, method: str, status: int, seconds: float)
     series[1].observe(seconds)
 
 
-def observe_rate_limit_fallback() -> None:
-    SHARED_STATE_FALLBACKS.labels("rate_limit").inc()
+def observe_shared_state_fallback(component: str) -> None:
+    SHARED_STATE_FALLBACKS.labels(component).inc()
 
 
 def observe_b2_call(url: str, outcome: str, seconds: float) -> None:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from urllib.parse import quote, urlencode
 
 from app.core.clock import utc_now
@@ -87,23 +88,21 @@ class DownloadSigner:
     ) -> SignedToken:
         pending = self._pending.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            token = await asyncio.shield(pending)
+            if not_after is None or token.expires_at <= not_after:
+                return token
+            # Minted for a longer-lived export than this one: never hand out a URL that
+            # outlives the caller's own export.
+            return await self._mint(key, file_name, bucket_name, now, not_after)
         future: asyncio.Future[SignedToken] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            ttl = self._ttl
-            if not_after is not None:
-                ttl = min(ttl, math.floor((not_after - now).total_seconds()))
-            if ttl < 1:
-                raise ValueError("no time left to sign a URL for")
-            disposition = content_disposition(file_name)
-            value = await self._b2.download_authorization(bucket_name, file_name, ttl, disposition)
-            base = self._b2.download_url(bucket_name, file_name)
-            query = urlencode(
-                {"Authorization": value, "b2ContentDisposition": disposition}, quote_via=quote
+            token = await self._cache.shared_mint(
+                key,
+                now,
+                not_after,
+                partial(self._mint, key, file_name, bucket_name, now, not_after),
             )
-            token = SignedToken(f"{base}?{query}", now + timedelta(seconds=ttl))
-            await self._cache.put(key, token)
             future.set_result(token)
             return token
         except BaseException as exc:
@@ -113,3 +112,26 @@ class DownloadSigner:
             raise
         finally:
             del self._pending[key]
+
+    async def _mint(
+        self,
+        key: FileKey,
+        file_name: str,
+        bucket_name: str,
+        now: datetime,
+        not_after: datetime | None,
+    ) -> SignedToken:
+        ttl = self._ttl
+        if not_after is not None:
+            ttl = min(ttl, math.floor((not_after - now).total_seconds()))
+        if ttl < 1:
+            raise ValueError("no time left to sign a URL for")
+        disposition = content_disposition(file_name)
+        value = await self._b2.download_authorization(bucket_name, file_name, ttl, disposition)
+        base = self._b2.download_url(bucket_name, file_name)
+        query = urlencode(
+            {"Authorization": value, "b2ContentDisposition": disposition}, quote_via=quote
+        )
+        token = SignedToken(f"{base}?{query}", now + timedelta(seconds=ttl))
+        await self._cache.put(key, token)
+        return token

@@ -8,6 +8,7 @@ interface so that a fleet asks B2 once per file per token lifetime.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -36,6 +37,15 @@ class TokenCache(Protocol):
 
     async def put(self, key: FileKey, token: SignedToken) -> None: ...
 
+    async def shared_mint(
+        self,
+        key: FileKey,
+        now: datetime,
+        not_after: datetime | None,
+        mint: Callable[[], Awaitable[SignedToken]],
+    ) -> SignedToken:
+        """`mint()`'s token, or, where the cache is shared, one another process minted."""
+
 
 class InMemoryTokenCache:
     def __init__(self, max_size: int, min_remaining_seconds: float) -> None:
@@ -60,14 +70,26 @@ class InMemoryTokenCache:
         self, key: FileKey, now: datetime, not_after: datetime | None
     ) -> SignedToken | None:
         token = self._tokens.get(key)
-        if token is not None:
-            fresh_enough = (token.expires_at - now).total_seconds() >= self._min_remaining
-            if fresh_enough and (not_after is None or token.expires_at <= not_after):
-                self._tokens.move_to_end(key)
-                self.counts.hits += 1
-                return token
+        if token is not None and self.usable(token, now, not_after):
+            self._tokens.move_to_end(key)
+            self.counts.hits += 1
+            return token
         self.counts.misses += 1
         return None
+
+    def usable(self, token: SignedToken, now: datetime, not_after: datetime | None) -> bool:
+        """Enough lifetime left at `now`, and no later than the export's own expiry."""
+        fresh_enough = (token.expires_at - now).total_seconds() >= self._min_remaining
+        return fresh_enough and (not_after is None or token.expires_at <= not_after)
+
+    async def shared_mint(
+        self,
+        key: FileKey,
+        now: datetime,
+        not_after: datetime | None,
+        mint: Callable[[], Awaitable[SignedToken]],
+    ) -> SignedToken:
+        return await mint()
 
     async def put(self, key: FileKey, token: SignedToken) -> None:
         if self._max_size == 0:

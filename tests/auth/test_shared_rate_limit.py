@@ -13,7 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from app.auth.rate_limit import InMemoryRateLimiter
-from app.auth.shared_rate_limit import KEY_PREFIX, RedisRateLimiter, redis_client
+from app.auth.shared_rate_limit import KEY_PREFIX, RedisRateLimiter
+from app.core.shared_state import RedisGuard, redis_client
 from tests.support.app import MakeSettings, key_headers, serve
 from tests.support.faults import TcpProxy
 from tests.support.processes import free_port
@@ -84,13 +85,12 @@ async def test_a_stalled_redis_costs_a_request_at_most_the_timeout(
 
 async def test_redis_is_used_again_once_it_answers(redis_url: str, redis_proxy: TcpProxy) -> None:
     now = [100.0]
+    client = redis_client(redis_proxy.url(), 0.05)
     limiter = RedisRateLimiter(
-        redis_client(redis_proxy.url(), 0.05),
+        RedisGuard(client, "rate_limit", timeout=0.05, monotonic=lambda: now[0]),
         60,
         2,
         InMemoryRateLimiter(60, 2, monotonic=lambda: now[0]),
-        timeout=0.05,
-        monotonic=lambda: now[0],
     )
     credential = f"test:{uuid.uuid4()}"
     direct = Redis.from_url(redis_url)
@@ -107,5 +107,5 @@ async def test_redis_is_used_again_once_it_answers(redis_url: str, redis_proxy: 
         assert await limiter.retry_after(credential) is None  # Redis again
         assert await direct.get(KEY_PREFIX + credential) is not None
     finally:
-        await limiter.close()
+        await client.aclose()
         await direct.aclose()

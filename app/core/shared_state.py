@@ -1,0 +1,83 @@
+"""Redis as the fleet's shared state (REDIS_URL): an optimisation, never a dependency.
+
+`RedisGuard` runs one Redis operation under REDIS_TIMEOUT_SECONDS; on failure it says so (the
+caller then uses its own process's state), logs a warning at most once a minute per component,
+calls the component's fallback callback (a metric), and lets requests skip Redis for a second
+before trying again, so a Redis outage costs requests nothing after the first failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger("app.shared_state")
+
+T = TypeVar("T")
+
+PAUSE_AFTER_FAILURE_SECONDS = 1.0
+WARN_EVERY_SECONDS = 60.0
+
+
+def redis_client(url: str, timeout: float) -> Redis:
+    """A client whose socket operations give up after `timeout`; it reconnects by itself on
+    the next command after a failure."""
+    client: Redis = Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+    )
+    return client
+
+
+class Unavailable(Exception):
+    """Redis did not answer in time (or is paused after a failure): use local state."""
+
+
+class RedisGuard:
+    def __init__(
+        self,
+        redis: Redis,
+        component: str,
+        *,
+        timeout: float,
+        on_fallback: Callable[[], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = redis
+        self._component = component
+        self._timeout = timeout
+        self._on_fallback = on_fallback
+        self._monotonic = monotonic
+        self._paused_until = 0.0
+        self._warned_at = -math.inf
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation()`'s result, or Unavailable (after counting the fallback)."""
+        if self._monotonic() < self._paused_until:
+            self._fell_back()
+            raise Unavailable
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            now = self._monotonic()
+            self._paused_until = now + PAUSE_AFTER_FAILURE_SECONDS
+            if now - self._warned_at >= WARN_EVERY_SECONDS:
+                self._warned_at = now
+                logger.warning(
+                    "Redis unavailable for %s (%s); using this process's own state meanwhile",
+                    self._component,
+                    type(exc).__name__,
+                )
+            self._fell_back()
+            raise Unavailable from None
+
+    def _fell_back(self) -> None:
+        if self._on_fallback is not None:
+            self._on_fallback()
