@@ -35,6 +35,9 @@ install: $(STAMP) ## create .venv from the lock files, with the dev tools and th
 run: $(RUN_STAMP) ## demo on 127.0.0.1:$$PORT (8000): embedded Postgres, B2 emulator, seeded data
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev run
 
+cluster: $(RUN_STAMP) fleet-tools ## 3 replicas behind HAProxy, through PgBouncer, with Redis, as local processes
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev cluster
+
 serve: $(RUN_STAMP) ## the API alone, configured from the environment (no demo data)
 	$(BIN)/orbit-exports serve
 
@@ -55,7 +58,7 @@ lint: $(STAMP) ## ruff, ruff format --check, mypy --strict, import-linter, hadol
 
 test: $(STAMP) lint ## lint, then the whole suite (the browser and PgBouncer tests where they can run)
 	@$(MAKE) --no-print-directory browser || echo "make test: chromium could not be installed here (needs root and apt); the browser test will be skipped"
-	@$(MAKE) --no-print-directory pgbouncer || echo "make test: pgbouncer could not be installed here (needs root and apt); its tests will be skipped"
+	@$(MAKE) --no-print-directory fleet-tools || echo "make test: haproxy/pgbouncer could not be installed here (needs root and apt); their tests will be skipped"
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
 		BROWSER_TESTS=$${BROWSER_TESTS:-required} $(BIN)/pytest -q; \
 	else \
@@ -69,11 +72,13 @@ browser: ## install Debian's chromium and chromium-driver when missing (as root,
 		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || { \
 		apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver; }; }
 
-pgbouncer: ## install Debian's pgbouncer when missing (as root, via apt), for tests/db/test_pgbouncer.py
-	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+fleet-tools: ## install Debian's haproxy, pgbouncer and redis-server when missing (as root, via apt)
+	@{ command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null \
+		&& { command -v pgbouncer || test -x /usr/sbin/pgbouncer; } >/dev/null \
+		&& command -v redis-server >/dev/null || { \
 		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || exit 1; \
-		apt-get install -y -q pgbouncer >/dev/null 2>&1 || { \
-		apt-get update -q >/dev/null && apt-get install -y -q pgbouncer; }; }
+		apt-get install -y -q haproxy pgbouncer redis-server >/dev/null 2>&1 || { \
+		apt-get update -q >/dev/null && apt-get install -y -q haproxy pgbouncer redis-server; }; }
 
 fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run, default 120)
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-120} \
@@ -99,4 +104,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-.PHONY: help install run serve migrate migration lint test browser pgbouncer fuzz soak bench lock lowest format
+.PHONY: help install run cluster serve migrate migration lint test browser fleet-tools fuzz soak bench lock lowest format

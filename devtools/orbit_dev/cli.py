@@ -2,6 +2,8 @@
 
 - `run`: the demo behind `make run`: embedded Postgres, the B2 emulator when no B2 credentials
   are set, seeded data, ready-to-paste requests, then the API itself.
+- `cluster`: the fleet as local processes (`make cluster`): Postgres, PgBouncer, Redis, three
+  replicas, HAProxy.
 - `b2-emulator`: the B2 native-API emulator on its own.
 - `token`: an HS256 dashboard JWT signed with JWT_SECRET.
 - `exports add`: upload a CSV to B2 and register its export row.
@@ -14,11 +16,8 @@ import csv
 import hashlib
 import io
 import os
-import secrets
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,59 +28,16 @@ from app.cli.common import (
     aware_datetime,
     in_transaction,
     load_settings,
-    progress,
     ready_database_url,
     uuid_argument,
 )
 from app.core.logs import configure_logging
-from app.core.process import die_with_parent
 from app.core.settings import Settings, get_settings
 from app.db.embedded import EmbeddedPostgresMissing
+from orbit_dev.children import persistent_secret, start_emulator
 from orbit_dev.uploads import upload
 
 # --- run (the demo) --------------------------------------------------------------------------
-
-
-def _persistent_secret(path: Path) -> str:
-    """A JWT secret for the demo, made once and kept in the data folder (mode 0600)."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret)
-    return secret
-
-
-def _start_emulator(bucket: str, cors_origins: list[str]) -> subprocess.Popen[bytes]:
-    """Run the B2 emulator beside the API and point this process's settings at it."""
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    key_id, key = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    command = [sys.executable, "-m", "orbit_dev.cli", "b2-emulator", "--port", str(port)]
-    # `--key=...`: a random key may start with "-", which argparse would take for an option.
-    command += [f"--key-id={key_id}", f"--key={key}", "--bucket", bucket]
-    # The dashboard origins the API accepts may also download from the demo bucket.
-    command += [f"--cors-origin={origin}" for origin in cors_origins]
-    proc = subprocess.Popen(command, preexec_fn=die_with_parent)  # noqa: S603 - our own module
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            httpx.get(f"{url}/_emulator/requests", timeout=1)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("the B2 emulator did not start") from None
-            time.sleep(0.05)
-    os.environ |= {"B2_APPLICATION_KEY_ID": key_id, "B2_APPLICATION_KEY": key, "B2_REALM": url}
-    progress(f"no B2 credentials configured: B2 emulator started at {url}")
-    return proc
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -90,11 +46,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     os.environ["DATABASE_URL"] = ready_database_url(settings)
     if settings.jwt_secret is None:
-        os.environ["JWT_SECRET"] = _persistent_secret(settings.orbit_data_dir / "jwt-secret")
+        os.environ["JWT_SECRET"] = persistent_secret(settings.orbit_data_dir / "jwt-secret")
     emulator = None
     try:
         if not settings.storage_configured:
-            emulator = _start_emulator(args.bucket, settings.cors_allow_origins)
+            emulator = start_emulator(args.bucket, settings.cors_allow_origins)
         get_settings.cache_clear()
         settings = get_settings()
         host, port = args.host or settings.host, args.port or settings.port
@@ -212,6 +168,12 @@ def cmd_exports_add(args: argparse.Namespace, settings: Settings) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+def _cluster(args: argparse.Namespace, settings: Settings) -> int:
+    from orbit_dev.cluster import cmd_cluster
+
+    return cmd_cluster(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orbit-dev", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="errorMessage of a failed export",
     )
     add.set_defaults(handler=cmd_exports_add)
+
+    cluster = sub.add_parser(
+        "cluster", help="Postgres, PgBouncer, Redis, 3 replicas and HAProxy as local processes"
+    )
+    cluster.add_argument("--port", type=int, help="HAProxy's port (default: PORT, or 8000)")
+    cluster.add_argument(
+        "--bucket",
+        default=os.environ.get("DEMO_BUCKET", "orbit-exports"),
+        help="B2 bucket of the demo export (default: DEMO_BUCKET, or orbit-exports)",
+    )
+    cluster.set_defaults(handler=_cluster)
 
     emu = sub.add_parser("b2-emulator", help="run the B2 native-API emulator")
     emu.add_argument("--host", default="127.0.0.1", help="address to listen on")

@@ -179,14 +179,14 @@ def test_demo_emulator_starts_with_a_key_that_looks_like_an_option(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A random URL-safe key starts with "-" one time in 64; it must still reach the emulator."""
-    from orbit_dev import cli
+    from orbit_dev import children
 
-    monkeypatch.setattr(cli.secrets, "token_urlsafe", lambda n: "-looks-like-an-option")
+    monkeypatch.setattr(children.secrets, "token_urlsafe", lambda n: "-looks-like-an-option")
     # _start_emulator points this process's environment at the emulator; setenv here makes
     # monkeypatch restore the three variables afterwards.
     for name in ("B2_APPLICATION_KEY_ID", "B2_APPLICATION_KEY", "B2_REALM"):
         monkeypatch.setenv(name, "unset")
-    proc = cli._start_emulator("demo-bucket", ["http://localhost:5173"])
+    proc = children.start_emulator("demo-bucket", ["http://localhost:5173"])
     try:
         assert os.environ["B2_APPLICATION_KEY"] == "-looks-like-an-option"
         realm = os.environ["B2_REALM"]
