@@ -9,13 +9,10 @@ the separate `orbit-dev` command (`devtools/`).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from app.cli import api_keys, serve
-from app.cli.common import load_settings
-from app.core.logs import configure_logging
-from app.db.embedded import EmbeddedPostgresMissing
+from app.cli.common import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,17 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = load_settings()
-    if settings is None:
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        result: int = args.handler(args, settings)
-    except EmbeddedPostgresMissing as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
-    return result
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

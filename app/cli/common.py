@@ -7,14 +7,16 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.logs import configure_logging
 from app.core.settings import Settings, describe_invalid_settings, get_settings
+from app.db.embedded import EmbeddedPostgresMissing
 
 T = TypeVar("T")
 
@@ -38,6 +40,22 @@ def uuid_argument(value: str) -> uuid.UUID:
 
 def progress(message: str) -> None:
     print(f"orbit-exports: {message}", file=sys.stderr, flush=True)  # noqa: T201
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse, load the settings, set up logging, run the chosen command: the exit code (2 for
+    bad input or configuration, in one line that never repeats a secret)."""
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        result: int = args.handler(args, settings)
+    except EmbeddedPostgresMissing as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    return result
 
 
 def load_settings() -> Settings | None:

@@ -27,13 +27,11 @@ from typing import Any
 from app.cli.common import (
     aware_datetime,
     in_transaction,
-    load_settings,
     ready_database_url,
+    run_command,
     uuid_argument,
 )
-from app.core.logs import configure_logging
 from app.core.settings import Settings, get_settings
-from app.db.embedded import EmbeddedPostgresMissing
 from orbit_dev.children import persistent_secret, start_emulator
 from orbit_dev.uploads import upload
 
@@ -259,17 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = load_settings()
-    if settings is None:
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        result: int = args.handler(args, settings)
-    except EmbeddedPostgresMissing as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
-    return result
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
