@@ -24,7 +24,13 @@ from app.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
-COMPOSE_ONLY_ENV = {"POSTGRES_PASSWORD", "B2_EMULATOR_PORT", "DEMO_BUCKET", "DEMO_PORT"}
+COMPOSE_ONLY_ENV = {
+    "POSTGRES_PASSWORD",
+    "B2_EMULATOR_PORT",
+    "DEMO_BUCKET",
+    "DEMO_PORT",
+    "CLUSTER_PORT",
+}
 _VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
 
 
@@ -288,3 +294,36 @@ def test_readme_says_the_stack_was_not_run_here() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "docker compose up" in readme
     assert "not been run" in readme
+
+
+def test_the_cluster_profile_is_the_fleet_topology(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    cluster = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    assert cluster == {"pgbouncer", "redis", "replica-1", "replica-2", "replica-3", "haproxy"}
+    assert services["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
+    assert "statement_timeout" in services["pgbouncer"]["environment"]["IGNORE_STARTUP_PARAMETERS"]
+    for name in ("replica-1", "replica-2", "replica-3"):
+        replica = services[name]
+        env = replica["environment"]
+        assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
+        assert "@pgbouncer:" in env["DATABASE_URL"]
+        assert "@postgres:" in env["DATABASE_LISTEN_URL"]
+        assert env["DB_PREPARED_STATEMENTS"] == "false"
+        assert env["REDIS_URL"].startswith("redis://redis:")
+        assert parse(argv(replica)).command == "serve"
+        assert replica["build"]["target"] == "runtime"
+    haproxy = (ROOT / "deploy" / "compose" / "haproxy.cfg").read_text()
+    servers = re.findall(r"server \S+ (\S+):8000 check", haproxy)
+    assert servers == ["replica-1", "replica-2", "replica-3"]
+    assert "option httpchk GET /readyz" in haproxy
+
+
+def test_a_replicas_environment_is_a_valid_configuration(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in compose["services"]["replica-1"]["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.redis_url is not None
+    assert settings.database_listen_url is not None
+    assert not settings.db_prepared_statements
