@@ -47,6 +47,10 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env | {"ORBIT_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"}
 
 
+# Every demo a test started, stopped by the data_dir fixture even when the test failed midway.
+STARTED: list[subprocess.Popen[str]] = []
+
+
 def start(data_dir: Path, extra_env: dict[str, str] | None = None) -> Demo:
     port = free_port()
     log = data_dir.parent / f"serve-{port}.log"
@@ -59,6 +63,7 @@ def start(data_dir: Path, extra_env: dict[str, str] | None = None) -> Demo:
             stderr=sink,
             text=True,
         )
+    STARTED.append(proc)
     assert proc.stdout is not None
     lines = []
     deadline = time.monotonic() + 60
@@ -103,6 +108,13 @@ def get(url: str, headers: dict[str, str]) -> httpx.Response:
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
     yield path
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait(10)
     for p in psutil.process_iter(["cmdline"]):
         if str(path) in " ".join(p.info["cmdline"] or []):
             p.kill()
