@@ -27,13 +27,18 @@ def persistent_secret(path: Path) -> str:
     return secret
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def start_emulator(bucket: str, cors_origins: list[str]) -> subprocess.Popen[bytes]:
     """Run the B2 emulator beside the API and point this process's settings at it."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     key_id, key = "demo-" + secrets.token_hex(6), secrets.token_urlsafe(24)
     command = [sys.executable, "-m", "orbit_dev.cli", "b2-emulator", "--port", str(port)]
     # `--key=...`: a random key may start with "-", which argparse would take for an option.

@@ -29,15 +29,10 @@ import httpx
 from app.cli.common import in_transaction, progress, ready_database_url
 from app.core.process import die_with_parent
 from app.core.settings import Settings, get_settings
+from app.db.notifications import asyncpg_dsn
+from orbit_dev.children import free_port
 
 REPLICAS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -84,7 +79,7 @@ def _binary(name: str) -> str:
 
 def _pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Path) -> str:
     """PgBouncer in transaction mode in front of `database_url`; returns its URL."""
-    parts = urlsplit(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    parts = urlsplit(asyncpg_dsn(database_url))
     socket_dir = parse_qs(parts.query).get("host", [None])[0]
     host = socket_dir or parts.hostname or "127.0.0.1"
     user = parts.username or "postgres"
