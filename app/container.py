@@ -32,7 +32,7 @@ from app.core import metrics
 from app.core.settings import Settings
 from app.core.shared_state import RedisGuard, redis_client
 from app.db.database import Database
-from app.db.engine import create_engine, database_url
+from app.db.engine import database_url
 from app.db.notifications import listen_forever
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client
@@ -57,8 +57,10 @@ class Components:
 async def open_components(settings: Settings) -> AsyncIterator[Components]:
     # Started once everything is built, cancelled at shutdown.
     background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    # Set once revocations are being heard: requests then start with nothing to forget.
+    listening = asyncio.Event()
     url = database_url(settings)
-    db = Database(create_engine(settings, url), settings)
+    db = Database(settings, url)
 
     jwks = None
     if settings.jwt_jwks_url:
@@ -77,13 +79,18 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         # Revocations reach every replica within a second; the periodic recheck stays as the
         # safety net for a lost listening connection.
         listen_url = settings.database_listen_url
+
+        def listening_again() -> None:
+            cached.forget_all()
+            listening.set()
+
         background.append(
             partial(
                 listen_forever,
                 listen_url.get_secret_value() if listen_url is not None else url,
                 KEY_CHANGES_CHANNEL,
                 cached.forget,
-                cached.forget_all,
+                listening_again,
             )
         )
     else:
@@ -133,7 +140,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     if settings.metrics_enabled:
         sampler = metrics.WorkerSampler(
             pool_size=db.pool_size,
-            connections_in_use=lambda: db.in_use,
+            connections_in_use=db.in_use,
             breaker_state=lambda: b2.breaker.state if b2 is not None else None,
             token_cache=local_tokens.counts if b2 is not None else None,
         )
@@ -152,7 +159,12 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         ),
         metrics_access=metrics_access,
     )
+    await db.open()
     tasks = [asyncio.create_task(job()) for job in background]
+    if settings.api_key_cache_seconds:
+        # Bounded: with Postgres down the service still starts (and is not ready).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listening.wait(), settings.db_deadline_seconds)
     try:
         yield components
     finally:

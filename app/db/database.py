@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection, QueuePool
-from sqlalchemy.util import greenlet_spawn
 
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
+from app.db.engine import asyncpg_dsn, connect_options
 
 logger = logging.getLogger("app.db")
 
 
-# asyncpg errors that mean "the server cannot answer now", for statements sent to the driver
-# directly (SQLAlchemy wraps the same errors in DBAPIError for its own statements).
+# asyncpg errors that mean "the server cannot answer now".
 DRIVER_OUTAGES: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
@@ -30,6 +26,7 @@ DRIVER_OUTAGES: tuple[type[Exception], ...] = (
     # "cannot switch to state ...": the protocol met a connection the server had already
     # closed (a terminated session, a restart, PgBouncer closing it) mid-operation.
     asyncpg.exceptions.InternalClientError,
+    OSError,
 )
 # Of those, the ones that say "this connection is gone" rather than "the server is refusing
 # work": the statement is tried once more on a fresh connection. The request path only reads,
@@ -44,35 +41,44 @@ LOST_CONNECTION: tuple[type[BaseException], ...] = (
 )
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's `reset`: nothing to undo. The request path runs single read-only statements
+    outside transactions and changes no session state, so asyncpg's default reset (RESET ALL,
+    UNLISTEN *, CLOSE ALL, advisory unlocks) would be a second round trip per statement, and
+    behind PgBouncer in transaction mode it would run on whatever session comes next."""
+
+
 class Database:
-    """The request path's way to Postgres: one read-only statement at a time on connections
-    from SQLAlchemy's pool, each within a deadline.
+    """The request path's way to Postgres: one read-only statement at a time on a connection
+    from asyncpg's pool, within a deadline.
 
-    Statements go to the asyncpg connection under the pooled SQLAlchemy connection: a cached
-    prepared statement, one round trip, no transaction around it, none of SQLAlchemy's
-    execution and result layers (the profile showed them costing more than the query).
+    The pool is asyncpg's own, used as documented: it opens DB_POOL_SIZE connections when
+    first needed and keeps them (reconnecting in the background when the server ends one), opens
+    up to DB_MAX_OVERFLOW more under load and closes each of those once it has been idle for
+    DB_OVERFLOW_IDLE_SECONDS; a connection the server closed is replaced when next acquired.
 
-    Requests queue for a connection in a FIFO gate sized to the pool. SQLAlchemy's async pool
-    lets a newcomer take a connection that was just returned ahead of those already waiting,
-    which under load starved some requests past the deadline (p99 of seconds, spurious 503s)
-    while the median stayed at a few milliseconds.
-
-    Healthy connections stay checked out between statements, kept here for the next one: a
-    check-out and check-in of SQLAlchemy's async pool runs through a greenlet, 17 µs per
-    statement in a tight loop and more under load (docs/performance.md). The pool still
-    creates, counts and limits every connection (DB_POOL_SIZE + DB_MAX_OVERFLOW); one that
-    failed or was interrupted goes back to it invalidated, never to the next statement.
+    Requests queue for a connection in a FIFO gate sized to the pool. asyncpg's pool hands
+    connections out through an asyncio queue in which a newcomer can take a connection that
+    was just released ahead of those already waiting; under load that starved some requests
+    past the deadline (p99 of seconds, spurious 503s) while the median stayed at milliseconds.
+    With the gate in front, the pool never has a waiter.
     """
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self.engine = engine
+    def __init__(self, settings: Settings, url: str) -> None:
         self.deadline = settings.db_deadline_seconds
-        self._gate = asyncio.Semaphore(settings.db_pool_size + settings.db_max_overflow)
-        self._kept: list[PoolProxiedConnection] = []
-        self._pool_size = settings.db_pool_size
-        self._overflow_idle = settings.db_overflow_idle_seconds
-        self._overflow_used_at = 0.0
-        self.in_use = 0
+        self.max_connections = settings.db_pool_size + settings.db_max_overflow
+        self._gate = asyncio.Semaphore(self.max_connections)
+        self._dsn = asyncpg_dsn(url)
+        self._options: dict[str, Any] = connect_options(settings) | {
+            "min_size": settings.db_pool_size,
+            "max_size": self.max_connections,
+            "max_inactive_connection_lifetime": settings.db_overflow_idle_seconds,
+            "reset": _keep_session,
+        }
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+        # Called with each statement's SQL before it is sent (the tests count statements).
+        self.on_statement: Callable[[str], None] | None = None
 
     async def fetch_row(self, sql: str, *args: Any, deadline: float | None = None) -> Any:
         """The statement's first row (an asyncpg Record) or None."""
@@ -88,87 +94,78 @@ class Database:
     ) -> Any:
         """Run `sql` with the asyncpg connection's `method` (fetchrow, fetch).
 
-        "The database cannot answer now" (down, unreachable, too slow, pool exhausted) becomes
-        a 503; real bugs (bad SQL) stay 500s. A connection that failed or was interrupted
-        mid-statement is invalidated from outside any greenlet, which aborts its socket at once
-        instead of waiting for a polite close from a server that may be stalled.
+        "The database cannot answer now" (down, unreachable, too slow, every connection busy)
+        becomes a 503; real bugs (bad SQL) stay 500s.
         """
         deadline = self.deadline if deadline is None else deadline
+        if self.on_statement is not None:
+            self.on_statement(sql)
         try:
             async with asyncio.timeout(deadline), self._gate:
+                pool = self._pool or await self._open_pool()
                 try:
-                    return await self._run_once(method, sql, args)
+                    return await self._run_once(pool, method, sql, args)
                 except LOST_CONNECTION as exc:
                     # Within the same deadline: past it, the request gets its 503.
                     logger.info("database connection lost (%s); trying again", type(exc).__name__)
-                    return await self._run_once(method, sql, args)
+                    return await self._run_once(pool, method, sql, args)
         except TimeoutError:
             logger.warning("database unavailable: no answer within %.1fs", deadline)
-            raise DatabaseUnavailable() from None
-        except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError) as exc:
-            logger.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
         except (*DRIVER_OUTAGES, asyncpg.QueryCanceledError) as exc:
             # QueryCanceledError: Postgres cut the statement at DB_STATEMENT_TIMEOUT_MS.
             logger.warning("database unavailable: %s", type(exc).__name__)
             raise DatabaseUnavailable() from None
 
-    async def _run_once(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
-        fairy = await self._connection()
-        self.in_use += 1
-        if self.in_use > self._pool_size:
-            self._overflow_used_at = time.monotonic()
+    async def _run_once(
+        self, pool: asyncpg.Pool, method: str, sql: str, args: tuple[Any, ...]
+    ) -> Any:
+        connection = await pool.acquire()
         try:
-            driver = fairy.driver_connection
-            assert driver is not None
-            return await getattr(driver, method)(sql, *args)
+            return await getattr(connection, method)(sql, *args)
         except BaseException as exc:  # the deadline's cancellation included
-            if isinstance(exc, DRIVER_OUTAGES) or not isinstance(exc, asyncpg.PostgresError):
-                fairy.invalidate()
+            if not isinstance(exc, asyncpg.PostgresError) or isinstance(exc, DRIVER_OUTAGES):
+                # Interrupted mid-protocol or broken: abort the socket now (a polite close, or
+                # the cancel request asyncpg would send, can hang on a stalled server); the
+                # pool opens a new connection in its place.
+                connection.terminate()
             raise
         finally:
-            self.in_use -= 1
-            # An invalidated connection is already back in the pool, closed.
-            if fairy.is_valid:
-                self._kept.append(fairy)
-                if len(self._kept) > self._pool_size:
-                    self._close_idle_overflow()
+            await pool.release(connection)
 
-    async def _connection(self) -> PoolProxiedConnection:
-        while self._kept:
-            fairy = self._kept.pop()
-            driver = fairy.driver_connection
-            if driver is not None and not driver.is_closed():
-                return fairy
-            # Closed while kept (the server restarted, or ended the session): next one.
-            fairy.invalidate()
-        return await self.engine.raw_connection()
+    async def open(self) -> None:
+        """Open the pool now, so the first requests do not wait for DB_POOL_SIZE connections.
+        Postgres being down is not an error here: the service starts and says it is not ready,
+        and the first statement after Postgres returns opens the pool."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self._open_pool()
+        except (TimeoutError, *DRIVER_OUTAGES, asyncpg.PostgresError) as exc:
+            logger.warning("database not reachable at start: %s", type(exc).__name__)
 
-    def _close_idle_overflow(self) -> None:
-        """Close the kept connections beyond DB_POOL_SIZE once no statement has needed more than
-        DB_POOL_SIZE for DB_OVERFLOW_IDLE_SECONDS. Closing them as soon as enough were idle (what
-        SQLAlchemy's pool does) reconnected several times a second under make bench's load."""
-        if time.monotonic() - self._overflow_used_at < self._overflow_idle:
-            return
-        while len(self._kept) > self._pool_size:
-            # The least recently used first; invalidating outside a greenlet ends the idle
-            # session at once, and its slot goes back to the pool for the next burst.
-            self._kept.pop(0).invalidate()
-
-    async def release_kept(self) -> None:
-        """Give the kept connections back to the pool (before it is disposed of). A check-in
-        may close a surplus connection, which awaits the driver: hence the greenlet."""
-        while self._kept:
-            await greenlet_spawn(self._kept.pop().close)
+    async def _open_pool(self) -> asyncpg.Pool:
+        """asyncpg's pool, created at the first statement rather than at start, so the service
+        starts (and says it is not ready) while Postgres is down. A failed attempt leaves
+        nothing behind; the next statement tries again."""
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(self._dsn, **self._options)
+            return self._pool
 
     async def close(self) -> None:
-        await self.release_kept()
-        await self.engine.dispose()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     def pool_size(self) -> int:
-        """Connections the pool keeps open (its size, not counting overflow)."""
-        pool = self.engine.pool
-        return pool.size() if isinstance(pool, QueuePool) else 0
+        """Connections open now."""
+        return 0 if self._pool is None else int(self._pool.get_size())
+
+    def in_use(self) -> int:
+        """Connections running a statement now."""
+        if self._pool is None:
+            return 0
+        return int(self._pool.get_size() - self._pool.get_idle_size())
 
     async def ping(self, deadline: float) -> None:
         """Raises DatabaseUnavailable unless the database answers within `deadline` seconds."""

@@ -1,4 +1,5 @@
-"""The database URL (given, or the embedded Postgres in development) and the async engine."""
+"""The database URL (given, or the embedded Postgres in development), the connection options
+every session of the service uses, and the SQLAlchemy engine of the command-line tools."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ def redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _unique_statement_name() -> str:
-    return f"__asyncpg_{uuid.uuid4()}__"
+def asyncpg_dsn(url: str) -> str:
+    """The SQLAlchemy URL as asyncpg takes it."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-def create_engine(settings: Settings, url: str) -> AsyncEngine:
-    connect_args: dict[str, Any] = {
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """`asyncpg.connect` keyword arguments for every session the service opens."""
+    options: dict[str, Any] = {
         "timeout": settings.db_connect_timeout_seconds,
         "command_timeout": settings.db_statement_timeout_ms / 1000 + 1,
         "server_settings": {
@@ -40,11 +43,22 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
     }
     if not settings.db_prepared_statements:
         # Behind PgBouncer in transaction mode consecutive statements may reach different
-        # server sessions: asyncpg then sends unnamed statements only, and SQLAlchemy's own
-        # (the CLI's, migrations') get names no other session can have (SQLAlchemy's asyncpg
-        # dialect documents both).
+        # server sessions: asyncpg then sends unnamed statements only.
+        options["statement_cache_size"] = 0
+    return options
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+def create_engine(settings: Settings, url: str) -> AsyncEngine:
+    """The engine of the command-line tools and the tests (the request path uses `Database`)."""
+    connect_args = connect_options(settings)
+    if not settings.db_prepared_statements:
+        # SQLAlchemy's own statements get names no other session can have (its asyncpg
+        # dialect documents this for PgBouncer).
         connect_args |= {
-            "statement_cache_size": 0,
             "prepared_statement_cache_size": 0,
             "prepared_statement_name_func": _unique_statement_name,
         }

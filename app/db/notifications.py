@@ -11,16 +11,14 @@ from collections.abc import Callable
 
 import asyncpg
 
+from app.db.engine import asyncpg_dsn
+
 logger = logging.getLogger("app.db")
 
 APPLICATION_NAME = "orbit-exports-listen"
 # The first and the longest wait between attempts to listen again.
 CHECK_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
-
-
-def asyncpg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def listen_forever(

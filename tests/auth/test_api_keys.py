@@ -205,11 +205,7 @@ async def test_non_ascii_api_key_is_401(client: httpx.AsyncClient, tenant: Tenan
 async def test_steady_api_key_traffic_costs_one_statement_per_request(
     make_settings: MakeSettings, world: World, tenant: Tenant
 ) -> None:
-    """Counted twice over, each statement once: SQLAlchemy's cursor events see what goes through
-    SQLAlchemy, asyncpg's query logger what goes straight to the driver (and any BEGIN or
-    ROLLBACK, which AUTOCOMMIT must avoid)."""
-    from sqlalchemy import event
-
+    """Every statement the service sends goes through `Database`, which reports it."""
     from app.main import create_app
     from tests.support.contract import validate_response_hook
 
@@ -225,19 +221,7 @@ async def test_steady_api_key_traffic_costs_one_statement_per_request(
             event_hooks={"response": [validate_response_hook]},
         ) as client,
     ):
-        engine = app.state.export_backends.database.engine.sync_engine
-        event.listen(
-            engine,
-            "before_cursor_execute",
-            lambda conn, cursor, statement, *rest: statements.append(statement),
-        )
-        event.listen(
-            engine,
-            "connect",
-            lambda dbapi, record: record.driver_connection.add_query_logger(
-                lambda query: statements.append(query.query)
-            ),
-        )
+        app.state.export_backends.database.on_statement = statements.append
         path = tenant.path(export["id"])
         assert (await client.get(path, headers=key_headers(key))).status_code == 409
         assert len([s for s in statements if "api_keys" in s]) == 1
@@ -254,8 +238,6 @@ async def test_remembered_keys_are_rechecked_together_not_per_request(
     """Known keys are checked again in one statement every half cache lifetime, so requests
     with them never wait for a key lookup; a key revoked meanwhile is forgotten by the next
     check."""
-    from sqlalchemy import event
-
     from app.main import create_app
 
     export = await world.export(tenant, status="processing")
@@ -266,16 +248,7 @@ async def test_remembered_keys_are_rechecked_together_not_per_request(
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
     ):
-        event.listen(
-            app.state.export_backends.database.engine.sync_engine,
-            "connect",
-            lambda dbapi, record: record.driver_connection.add_query_logger(
-                lambda query: statements.append(query.query)
-            ),
-        )
-        # New connections, with the logger.
-        await app.state.export_backends.database.release_kept()
-        app.state.export_backends.database.engine.sync_engine.pool.dispose()
+        app.state.export_backends.database.on_statement = statements.append
         path = tenant.path(export["id"])
         for key in keys:
             assert (await client.get(path, headers=key_headers(key))).status_code == 409

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.embedded import embedded_postgres_url
 from app.db.engine import create_engine
@@ -147,6 +148,56 @@ async def test_postgres_stopped_and_restarted(
         server.cleanup()
 
 
+async def test_a_fast_restart_under_load_gives_no_500_and_answers_within_3_s_after(
+    make_settings: MakeSettings, tmp_path: Path, world: World, tenant: Tenant
+) -> None:
+    """Postgres restarted (fast mode, as an operator or a failover does) while 8 callers keep
+    asking: every answer is the lookup's or a 503, never a 500, and once Postgres accepts
+    connections again every caller is answered from the database within 3 s, with no restart
+    of the service."""
+    import collections
+
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.postgres_server import get_server
+
+    url = embedded_postgres_url(tmp_path / "own")
+    await asyncio.to_thread(run_migrations, url)
+    server = get_server(tmp_path / "own" / "postgres")
+    token = world.jwt(tenant.org)
+    path = tenant.path(uuid.uuid4())
+    statuses: collections.Counter[int] = collections.Counter()
+    last_503 = 0.0
+    try:
+        async with serve(make_settings(database_url=url, rate_limit_per_minute=0)) as client:
+            stop = asyncio.Event()
+
+            async def caller() -> None:
+                nonlocal last_503
+                while not stop.is_set():
+                    response = await client.get(path, headers=bearer(token))
+                    statuses[response.status_code] += 1
+                    if response.status_code == 503:
+                        last_503 = time.monotonic()
+                    await asyncio.sleep(0.01)
+
+            callers = [asyncio.create_task(caller()) for _ in range(8)]
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(
+                pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+            )
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(server.ensure_postgres_running)
+            back = time.monotonic()
+            await asyncio.sleep(3.5)
+            stop.set()
+            await asyncio.gather(*callers)
+    finally:
+        server.cleanup()
+    assert set(statuses) <= {404, 503}, statuses
+    assert statuses[503] > 0, "Postgres was never seen down: the test means nothing"
+    assert last_503 - back < 3.0, (last_503 - back, statuses)
+
+
 async def test_more_requests_than_connections_are_served_in_turn(
     make_settings: MakeSettings,
 ) -> None:
@@ -183,67 +234,65 @@ async def test_a_statement_cut_by_postgres_is_503_not_500(make_settings: MakeSet
         assert (await db.fetch_row("SELECT 1"))[0] == 1
 
 
-async def test_connections_are_kept_between_statements_and_given_back_on_close(
-    make_settings: MakeSettings,
+async def _alive(admin: AsyncEngine, pids: set[int]) -> int:
+    async with admin.connect() as conn:
+        result = await conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", (list(pids),)
+        )
+        return int(result.scalar_one())
+
+
+async def test_the_pool_keeps_its_connections_and_close_ends_them(
+    make_settings: MakeSettings, db: AsyncEngine
 ) -> None:
-    """Connections stay checked out for the next statements (the pool's own check-out costs a
-    greenlet switch per statement); close() gives them back before the pool is disposed of."""
-    async with database(make_settings(db_pool_size=2, db_max_overflow=0)) as db:
-        pool = db.engine.sync_engine.pool
-        first = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
-        assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] == first
-        await asyncio.gather(*(db.fetch_row("SELECT pg_sleep(0.05)") for _ in range(2)))
-        assert pool.checkedout() == 2  # type: ignore[attr-defined]
-        assert db.in_use == 0
-        await db.release_kept()
-        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    """DB_POOL_SIZE connections open at the first statement and serve the next ones; close()
+    ends every session."""
+    async with database(make_settings(db_pool_size=2, db_max_overflow=0)) as pooled:
+        first = (await pooled.fetch_row("SELECT pg_backend_pid()"))[0]
+        assert pooled.pool_size() == 2
+        rows = await asyncio.gather(
+            *(pooled.fetch_row("SELECT pg_backend_pid(), pg_sleep(0.05)") for _ in range(4))
+        )
+        pids = {row[0] for row in rows}
+        assert first in pids and len(pids) == 2
+        assert pooled.in_use() == 0
+    assert await _alive(db, pids) == 0
 
 
 async def test_overflow_connections_close_once_no_burst_needed_them_for_a_while(
-    make_settings: MakeSettings,
+    make_settings: MakeSettings, db: AsyncEngine
 ) -> None:
     """Connections opened beyond DB_POOL_SIZE for a burst are kept while bursts go on (closing
     them at once reconnected several times a second under load) and closed once none was needed
     for DB_OVERFLOW_IDLE_SECONDS; their sessions end."""
     settings = make_settings(db_pool_size=2, db_max_overflow=3, db_overflow_idle_seconds=0.5)
-    async with database(settings) as db:
-        pool = db.engine.sync_engine.pool
+    async with database(settings) as pooled:
 
         async def burst() -> set[int]:
             rows = await asyncio.gather(
-                *(db.fetch_row("SELECT pg_backend_pid(), pg_sleep(0.1)") for _ in range(5))
+                *(pooled.fetch_row("SELECT pg_backend_pid(), pg_sleep(0.1)") for _ in range(5))
             )
             return {row[0] for row in rows}
 
-        async def alive(pids: set[int]) -> int:
-            async with db.engine.connect() as conn:
-                result = await conn.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", (list(pids),)
-                )
-                return int(result.scalar_one())
-
         pids = await burst()
         assert len(pids) == 5
-        await db.fetch_row("SELECT 1")
-        assert pool.checkedout() == 5  # type: ignore[attr-defined]
+        assert pooled.pool_size() == 5
         assert await burst() == pids  # the next burst reuses them: no reconnect
-        await asyncio.sleep(0.6)
-        await db.fetch_row("SELECT 1")
-        assert pool.checkedout() == 2  # type: ignore[attr-defined]
-        assert await alive(pids) == 2
+        await asyncio.sleep(0.8)
+        assert pooled.pool_size() == 2
+        assert await _alive(db, pids) == 2
 
 
-async def test_a_kept_connection_the_server_closed_is_not_used_again(
-    make_settings: MakeSettings,
+async def test_a_connection_the_server_closed_is_not_used_again(
+    make_settings: MakeSettings, db: AsyncEngine
 ) -> None:
-    """A kept connection whose session the server ended (restart, pg_terminate_backend, idle
-    timeout) is dropped when next taken, instead of failing a request with a 503."""
-    async with database(make_settings(db_pool_size=1, db_max_overflow=1)) as db:
-        pid = (await db.fetch_row("SELECT pg_backend_pid()"))[0]
-        async with db.engine.connect() as other:
+    """A pooled connection whose session the server ended (restart, pg_terminate_backend, idle
+    timeout) is replaced, instead of failing a request with a 503."""
+    async with database(make_settings(db_pool_size=1, db_max_overflow=0)) as pooled:
+        pid = (await pooled.fetch_row("SELECT pg_backend_pid()"))[0]
+        async with db.connect() as other:
             await other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
-        await asyncio.sleep(0.2)  # the driver notices the closed socket
-        assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] != pid
+        assert (await pooled.fetch_row("SELECT pg_backend_pid()"))[0] != pid
 
 
 async def test_a_connection_cut_by_the_deadline_is_not_kept(make_settings: MakeSettings) -> None:
@@ -256,3 +305,43 @@ async def test_a_connection_cut_by_the_deadline_is_not_kept(make_settings: MakeS
         with pytest.raises(DatabaseUnavailable):
             await db.fetch_row("SELECT pg_sleep(2)", deadline=0.2)
         assert (await db.fetch_row("SELECT pg_backend_pid()"))[0] != pid
+
+
+async def test_a_lookup_cancelled_at_any_point_leaves_the_next_one_correct(
+    make_settings: MakeSettings, world: World, tenant: Tenant
+) -> None:
+    """A client that goes away cancels its request wherever it is. The lookup is cancelled
+    after 0, 1, 2, ... turns of the event loop until it finishes first, which covers every
+    await in it (acquire, send, each read, release); after each cancellation the next lookup on
+    the single pooled connection gets its own row, never the cancelled one's answer."""
+    from app.exports.queries import find_export
+
+    mine = await world.export(tenant, status="processing")
+    other = await world.export(tenant, status="failed")
+
+    async def lookup(export: dict[str, object]) -> dict[str, object] | None:
+        return await find_export(
+            pooled,
+            organization_id=tenant.org,
+            audience_id=tenant.audience,
+            run_id=tenant.run,
+            export_id=uuid.UUID(str(export["id"])),
+        )
+
+    async with database(make_settings(db_pool_size=1, db_max_overflow=0)) as pooled:
+        cancelled_at = 0
+        for turns in range(500):
+            task = asyncio.create_task(lookup(mine))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if task.done():
+                break
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            cancelled_at += 1
+            row = await lookup(other)
+            assert row is not None and row["id"] == other["id"], turns
+            assert pooled.in_use() == 0
+        assert cancelled_at >= 3, "the lookup finished before it could be cancelled"
+        assert task.done() and (await task or {}).get("id") == mine["id"]

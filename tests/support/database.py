@@ -7,15 +7,13 @@ from contextlib import asynccontextmanager
 
 from app.core.settings import Settings
 from app.db.database import Database
-from app.db.engine import create_engine
 
 
 @asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[Database]:
-    """A `Database` on an engine of its own, closed at the end (kept connections given back,
-    then the engine disposed of)."""
+    """A `Database` with a pool of its own, closed at the end."""
     assert settings.database_url is not None
-    db = Database(create_engine(settings, settings.database_url.get_secret_value()), settings)
+    db = Database(settings, settings.database_url.get_secret_value())
     try:
         yield db
     finally:
