@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
 
 from app.api import health, metrics_endpoint
 from app.api.cors import DashboardCORSMiddleware
@@ -26,7 +28,7 @@ from app.container import open_components
 from app.core import metrics
 from app.core.logs import configure_logging
 from app.core.process import stop_with_supervisor
-from app.core.settings import Settings, get_settings
+from app.core.settings import Settings, describe_invalid_settings, get_settings
 from app.exports import router as exports
 
 
@@ -87,4 +89,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-app = create_app()
+def _app_from_environment() -> FastAPI:
+    """The app for `uvicorn app.main:app`: invalid settings end the process with one line
+    (exit code 2), never with pydantic's traceback, which quotes the values, secrets included."""
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"configuration error: {describe_invalid_settings(exc)}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+    return create_app(settings)
+
+
+app = _app_from_environment()

@@ -32,66 +32,118 @@ class _SigningKey:
     declared_alg: str | None
 
 
+class MalformedJwks(ValueError):
+    """The JWKS document is not {"keys": [...]} with at least one usable signing key."""
+
+
+def parse_jwks(document: object) -> dict[str, _SigningKey]:
+    """The usable signing keys of a JWKS document, by kid. Entries that are not keys (not an
+    object, no string kid, `use` other than sig, a key PyJWT cannot load) are skipped with a
+    warning; a document without any usable key raises MalformedJwks, so that a broken
+    publication never empties the keys in use."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise MalformedJwks("not a JWKS document")
+    keys: dict[str, _SigningKey] = {}
+    for entry in document["keys"]:
+        if not isinstance(entry, dict):
+            logger.warning("skipping a JWKS entry that is not an object")
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or entry.get("use", "sig") != "sig":
+            continue
+        alg = entry.get("alg")
+        try:
+            keys[kid] = _SigningKey(jwt.PyJWK(entry), alg if isinstance(alg, str) else None)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            logger.warning("skipping unusable JWKS key kid=%s", kid[:64])
+    if not keys:
+        raise MalformedJwks("no usable signing key")
+    return keys
+
+
 class JwksCache:
     """Public keys from JWT_JWKS_URL, fetched at start and refreshed in the background.
 
     Requests only read the in-memory map; an unknown `kid` schedules an early refresh (at most
-    one per 30 s) but is itself rejected, so a request never waits on the JWKS endpoint.
+    one per 30 s) but is itself rejected, so a request never waits on the JWKS endpoint, and a
+    newly published key works within about 30 s. A refresh that fails (unreachable, not JSON,
+    not a JWKS, no usable key) keeps the last good keys, logs a warning and is retried with
+    backoff (1 s, doubling, up to the refresh interval); nothing stops the refresh loop.
     """
 
-    def __init__(self, url: str, timeout: float, refresh_seconds: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        refresh_seconds: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._url = url
         self._timeout = timeout
         self._refresh_seconds = refresh_seconds
+        self._monotonic = monotonic
         self._keys: dict[str, _SigningKey] = {}
         self._wake = asyncio.Event()
-        self._last_fetch = 0.0
+        self._last_fetch = -_JWKS_MIN_REFRESH_INTERVAL
+        self._failures = 0
 
     def get(self, kid: str) -> _SigningKey | None:
         key = self._keys.get(kid)
-        if key is None and time.monotonic() - self._last_fetch > _JWKS_MIN_REFRESH_INTERVAL:
+        if key is None and self._monotonic() - self._last_fetch >= _JWKS_MIN_REFRESH_INTERVAL:
             self._wake.set()
         return key
 
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
     async def refresh(self) -> None:
+        """Fetch and load the document; raises on any failure, keeping the keys in use."""
         import httpx  # only services configured with a JWKS pay for importing it
 
-        self._last_fetch = time.monotonic()
+        self._last_fetch = self._monotonic()
         async with httpx.AsyncClient(timeout=self._timeout) as client:
             response = await client.get(self._url)
             response.raise_for_status()
             document = response.json()
-        keys: dict[str, _SigningKey] = {}
-        for entry in document.get("keys", []):
-            kid = entry.get("kid")
-            if not isinstance(kid, str) or entry.get("use", "sig") != "sig":
-                continue
-            try:
-                keys[kid] = _SigningKey(jwt.PyJWK(entry), entry.get("alg"))
-            except jwt.PyJWTError:
-                logger.warning("skipping unusable JWKS key kid=%s", kid)
-        self._keys = keys
-        logger.info("loaded %d JWKS signing keys", len(keys))
+        self._keys = parse_jwks(document)
+        logger.info("loaded %d JWKS signing keys", len(self._keys))
 
-    async def try_refresh(self) -> None:
-        import httpx
-
+    async def try_refresh(self) -> bool:
+        """Refresh; on any failure log a warning, keep the last good keys, return False."""
         try:
             await self.refresh()
-        except (httpx.HTTPError, ValueError) as exc:
-            logger.warning("JWKS refresh failed: %s", type(exc).__name__)
+        except Exception as exc:  # whatever the endpoint sends, the loop must go on
+            self._failures += 1
+            logger.warning(
+                "JWKS refresh failed (%s); keeping %d known keys",
+                type(exc).__name__,
+                len(self._keys),
+            )
+            return False
+        self._failures = 0
+        return True
+
+    def next_wait(self) -> float:
+        """Seconds until the next scheduled refresh: the interval, or the backoff after
+        failures (1 s, 2 s, 4 s, ... up to the interval)."""
+        if self._failures == 0:
+            return self._refresh_seconds
+        return float(min(self._refresh_seconds, 2 ** min(self._failures - 1, 16)))
 
     async def run(self) -> None:
-        """Refresh every `refresh_seconds`, or sooner when an unknown kid was seen."""
+        """Refresh on schedule, or sooner (at most once per 30 s) when an unknown kid was seen."""
         while True:
-            self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._refresh_seconds)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.next_wait())
                 await asyncio.sleep(
-                    max(0.0, self._last_fetch + _JWKS_MIN_REFRESH_INTERVAL - time.monotonic())
+                    max(0.0, self._last_fetch + _JWKS_MIN_REFRESH_INTERVAL - self._monotonic())
                 )
             except TimeoutError:
                 pass
+            # Cleared here, not before waiting: a wake-up asked for meanwhile is not lost.
+            self._wake.clear()
             await self.try_refresh()
 
 

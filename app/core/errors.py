@@ -99,7 +99,22 @@ class StorageUnavailable(ApiError):
     status_code = 503
     code = "STORAGE_UNAVAILABLE"
     default_message = "Export storage is unavailable; try again shortly."
-    retry_after = RETRY_AFTER_SECONDS
+
+    def __init__(self, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        super().__init__()
+        # When B2 will be tried again (the circuit breaker's, or what B2 asked for).
+        self.wait = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.wait)}
+
+
+class StorageError(ApiError):
+    status_code = 502
+    code = "STORAGE_ERROR"
+    default_message = (
+        "Export storage refused to sign this export's file; the export cannot be downloaded."
+    )
 
 
 class DatabaseUnavailable(ApiError):

@@ -179,6 +179,17 @@ class Settings(BaseSettings):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if (
+            self.environment == "production"
+            and self.jwt_jwks_url is not None
+            and not (self.jwt_issuer and self.jwt_audience)
+        ):
+            # A JWKS is usually an identity provider's, shared with other applications: without
+            # both checks, any token it issues for anything would be accepted here.
+            raise ValueError(
+                "JWT_ISSUER and JWT_AUDIENCE are required with JWT_JWKS_URL when"
+                " ENVIRONMENT=production"
+            )
         if self.jwt_jwks_url is None and not set(self.jwt_algorithms) & HMAC_ALGORITHMS:
             raise ValueError("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
         return self

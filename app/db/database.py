@@ -68,6 +68,7 @@ class Database:
         self.deadline = settings.db_deadline_seconds
         self.max_connections = settings.db_pool_size + settings.db_max_overflow
         self._gate = asyncio.Semaphore(self.max_connections)
+        self._pool_timeout = settings.db_pool_timeout_seconds
         self._dsn = asyncpg_dsn(url)
         self._options: dict[str, Any] = connect_options(settings) | {
             "min_size": settings.db_pool_size,
@@ -101,20 +102,40 @@ class Database:
         if self.on_statement is not None:
             self.on_statement(sql)
         try:
-            async with asyncio.timeout(deadline), self._gate:
-                pool = self._pool or await self._open_pool()
+            async with asyncio.timeout(deadline):
+                await self._take_turn()
                 try:
-                    return await self._run_once(pool, method, sql, args)
-                except LOST_CONNECTION as exc:
-                    # Within the same deadline: past it, the request gets its 503.
-                    logger.info("database connection lost (%s); trying again", type(exc).__name__)
-                    return await self._run_once(pool, method, sql, args)
+                    pool = self._pool or await self._open_pool()
+                    try:
+                        return await self._run_once(pool, method, sql, args)
+                    except LOST_CONNECTION as exc:
+                        # Within the same deadline: past it, the request gets its 503.
+                        logger.info(
+                            "database connection lost (%s); trying again", type(exc).__name__
+                        )
+                        return await self._run_once(pool, method, sql, args)
+                finally:
+                    self._gate.release()
         except TimeoutError:
             logger.warning("database unavailable: no answer within %.1fs", deadline)
             raise DatabaseUnavailable() from None
         except (*DRIVER_OUTAGES, asyncpg.QueryCanceledError) as exc:
             # QueryCanceledError: Postgres cut the statement at DB_STATEMENT_TIMEOUT_MS.
             logger.warning("database unavailable: %s", type(exc).__name__)
+            raise DatabaseUnavailable() from None
+
+    async def _take_turn(self) -> None:
+        """Wait for a connection in turn, at most DB_POOL_TIMEOUT_SECONDS (and the deadline)."""
+        if not self._gate.locked():
+            await self._gate.acquire()
+            return
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await self._gate.acquire()
+        except TimeoutError:
+            logger.warning(
+                "database unavailable: no free connection within %.1fs", self._pool_timeout
+            )
             raise DatabaseUnavailable() from None
 
     async def _run_once(

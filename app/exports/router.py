@@ -6,6 +6,7 @@ the export's state -> a signed URL (`app.storage`) -> the `{data, meta}` envelop
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 from uuid import UUID
@@ -20,6 +21,7 @@ from app.core.errors import (
     ExportFailed,
     ExportNotFound,
     ExportNotReady,
+    StorageError,
     StorageNotConfigured,
 )
 from app.db.database import Database
@@ -31,6 +33,7 @@ from app.exports.schemas import (
 )
 from app.storage.signer import DownloadSigner
 
+logger = logging.getLogger("app.exports")
 router = APIRouter(tags=["Audience Builder"])
 
 
@@ -57,6 +60,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {**_ERROR, "description": "Stored export is not ready"},
     422: {**_ERROR, "description": "A path parameter is not a UUID"},
     429: {**_ERROR, "description": "Too many requests for this credential"},
+    502: {**_ERROR, "description": "B2 refused to sign this export's file"},
     503: {**_ERROR, "description": "B2 export storage is not configured or unavailable"},
 }
 
@@ -103,6 +107,11 @@ async def get_stored_export(
     except ValueError:
         # Expired between the check above and the signing clock read.
         raise ExportExpired() from None
+    except StorageError:
+        # This export's file (or bucket) is refused by B2: someone must fix the row or the
+        # bucket's key; the id says which (never the token, which was not issued).
+        logger.warning("B2 refused to sign export %s", export_id)
+        raise
     request.state.b2 = "cached_token" if signed.reused else "minted"
     return StoredExportResponse(
         data=IntentAudienceExportWithUrl(

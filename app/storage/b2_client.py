@@ -19,10 +19,10 @@ from typing import Any
 
 import requests
 from b2sdk.v2 import B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache
-from b2sdk.v2.exception import B2Error, NonExistentBucket
+from b2sdk.v2.exception import B2Error
 from requests.adapters import HTTPAdapter
 
-from app.core.errors import StorageUnavailable
+from app.core.errors import StorageError, StorageUnavailable
 from app.core.settings import Settings
 from app.storage.b2_compat import BoundedB2Api, get_download_authorization
 from app.storage.breaker import CircuitBreaker
@@ -31,6 +31,11 @@ logger = logging.getLogger("app.storage")
 
 # (request URL, outcome "2xx"/"4xx"/"5xx"/"error", seconds): how metrics learn of each B2 call.
 B2CallObserver = Callable[[str, str, float], None]
+
+
+class AccountUnusable(Exception):
+    """Authorizing the B2 account failed: an outage for every file, never one file's fault."""
+
 
 # The monotonic time by which the request waiting for this thread's B2 work gives up.
 _caller_deadline = threading.local()
@@ -149,7 +154,11 @@ class B2Client:
             raise TimeoutError
         _caller_deadline.at = deadline
         try:
-            self._ensure_authorized()
+            try:
+                self._ensure_authorized()
+            except B2Error as exc:
+                # The account itself is unusable (wrong key, B2 down): every file is affected.
+                raise AccountUnusable(type(exc).__name__) from exc
             bucket = self._api.get_bucket_by_name(bucket_name)
             return get_download_authorization(self._api, bucket.id_, file_name, ttl, disposition)
         finally:
@@ -161,9 +170,12 @@ class B2Client:
         self, bucket_name: str, file_name: str, ttl: int, disposition: str
     ) -> str:
         """A download token for names starting with `file_name` in `bucket_name`, valid for
-        `ttl` seconds; StorageUnavailable when B2 cannot give one in time."""
+        `ttl` seconds. StorageUnavailable when B2 cannot give one in time (an availability
+        failure, counted by the breaker); StorageError when B2 refuses this file or bucket
+        (bad name, no such bucket, no access to it), which says nothing about other tenants'
+        files and leaves the breaker alone."""
         if not self.breaker.allow():
-            raise StorageUnavailable()
+            raise StorageUnavailable(self.breaker.retry_after())
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self._timeout
         call = partial(
@@ -173,21 +185,35 @@ class B2Client:
             token = await asyncio.wait_for(
                 loop.run_in_executor(self._executor, call), self._timeout
             )
-        except NonExistentBucket:
-            # A row naming a bucket B2 does not have: a data problem, not an outage.
-            self.breaker.record_success()
-            logger.warning("B2 has no bucket named in an export row")
-            raise StorageUnavailable() from None
+        except B2Error as exc:
+            if exc.should_retry_http():
+                # b2sdk's own judgement of a transient failure: 5xx, 429, connection errors.
+                self.breaker.record_failure(retry_after=exc.retry_after_seconds)
+                logger.warning("B2 call failed: %s", type(exc).__name__)
+                raise self._unavailable() from None
+            self.breaker.record_neutral()
+            logger.warning("B2 refused to sign a file: %s", type(exc).__name__)
+            raise StorageError() from None
         except TimeoutError:
             self.breaker.record_failure()
             logger.warning("B2 call exceeded %.1fs deadline", self._timeout)
-            raise StorageUnavailable() from None
-        except (B2Error, requests.RequestException, OSError, ValueError, KeyError) as exc:
+            raise self._unavailable() from None
+        except asyncio.CancelledError:
+            # The caller went away: a half-open trial must not stay "running" forever.
+            self.breaker.record_neutral()
+            raise
+        except Exception as exc:
+            # Connection errors, and anything b2sdk raises on an answer it cannot read
+            # (malformed JSON has surfaced as TypeError and AttributeError): B2 misbehaving.
             self.breaker.record_failure()
             logger.warning("B2 call failed: %s", type(exc).__name__)
-            raise StorageUnavailable() from None
+            raise self._unavailable() from None
         self.breaker.record_success()
         return token
+
+    def _unavailable(self) -> StorageUnavailable:
+        state = self.breaker.state
+        return StorageUnavailable(self.breaker.retry_after() if state == "open" else 1)
 
     def download_url(self, bucket_name: str, file_name: str) -> str:
         """The file's download URL by name, without authorization (known once authorized)."""

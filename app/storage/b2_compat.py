@@ -1,8 +1,10 @@
 """Every use of b2sdk's private API, in one place, for the b2sdk line it was written against.
 
 Why each is needed:
-- `B2Http._translate_and_retry`: b2sdk tries a failing call up to 5 times with growing sleeps;
-  past our deadline nobody waits for the answer, so the number of tries is capped.
+- `B2Http._translate_and_retry` (and the `_translate_errors` it calls): b2sdk tries a failing
+  call up to 5 times, sleeping 1 s, 1.5 s, ... or whatever Retry-After says between tries, in
+  the signing thread and past any deadline; ours tries twice with a short pause and never
+  sleeps on a throttle.
 - `B2Session._api_token_callback` and `authorize_automatically`: concurrent calls that meet an
   expired account token share one re-authorization instead of each renewing it.
 - `B2Session._wrap_default_token` and `raw_api._post_json`: the public
@@ -17,16 +19,20 @@ hook, so an upgrade fails loudly there rather than subtly in production.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import b2sdk.version
 from b2sdk.v2 import B2Api, B2Http, B2Session
+from b2sdk.v2.exception import B2Error
 
 # The b2sdk minor line these hooks were read from (also pinned in pyproject.toml).
 WRITTEN_FOR = "2.13"
 # b2sdk's default is 5 tries for API calls; more would only wait past the caller's deadline.
 MAX_TRIES = 2
+# Between the two; the HTTP adapter sends nothing once the caller's deadline has passed.
+RETRY_PAUSE_SECONDS = 0.1
 
 
 def installed_b2sdk_line() -> str:
@@ -39,7 +45,24 @@ class _BoundedB2Http(B2Http):  # type: ignore[misc]
     def _translate_and_retry(
         cls, fcn: Callable[[], Any], try_count: int, post_params: dict[str, Any] | None = None
     ) -> Any:
-        return super()._translate_and_retry(fcn, min(try_count, MAX_TRIES), post_params)
+        """b2sdk's retry loop without its sleeps: b2sdk sleeps 1 s and more between tries, and
+        as long as a 429/503's Retry-After says (120 s in a real throttle), in the signing
+        thread, past any deadline. Here a transient failure is tried once more after a short
+        pause; a throttle is not retried at all but raised, so the circuit breaker honours
+        its Retry-After instead of a sleeping thread."""
+        tries = max(1, min(try_count, MAX_TRIES))
+        for attempt in range(1, tries + 1):
+            try:
+                return cls._translate_errors(fcn, post_params)
+            except B2Error as exc:
+                if (
+                    attempt == tries
+                    or not exc.should_retry_http()
+                    or exc.retry_after_seconds is not None
+                ):
+                    raise
+                time.sleep(RETRY_PAUSE_SECONDS)
+        raise AssertionError("unreachable")
 
 
 class _SharedReauthSession(B2Session):  # type: ignore[misc]
@@ -97,4 +120,11 @@ def get_download_authorization(
             b2ContentDisposition=content_disposition,
         )
     )
-    return str(response["authorizationToken"])
+    token = response.get("authorizationToken") if isinstance(response, dict) else None
+    if not isinstance(token, str) or not token:
+        raise MalformedB2Answer("b2_get_download_authorization answered without a token")
+    return token
+
+
+class MalformedB2Answer(ValueError):
+    """B2 answered 200 with JSON that does not say what the API promises."""

@@ -1,10 +1,12 @@
 """A circuit breaker for B2: after `threshold` consecutive failures, B2 is not called for
 `cooldown` seconds, so requests get 503 at once instead of each tying up a thread until its
 deadline. Then one trial call is let through; its success closes the breaker, its failure opens
-it again. Used from the event loop only, so it needs no lock."""
+it again. A throttling answer (429/503 with Retry-After) opens it at once, for the time B2 asked
+for but never longer than `cooldown`. Used from the event loop only, so it needs no lock."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 
@@ -14,14 +16,15 @@ class CircuitBreaker:
         self.cooldown = cooldown
         self._monotonic = monotonic
         self.failures = 0
-        self.opened_at: float | None = None
+        # While set, B2 is not called before this time.
+        self.closed_until: float | None = None
         self._trial_running = False
 
     @property
     def state(self) -> str:
-        if self.opened_at is None:
+        if self.closed_until is None:
             return "closed"
-        if self._monotonic() - self.opened_at >= self.cooldown:
+        if self._monotonic() >= self.closed_until:
             return "half-open"
         return "open"
 
@@ -34,13 +37,30 @@ class CircuitBreaker:
             return True
         return False
 
+    def retry_after(self) -> int:
+        """Whole seconds until B2 will be tried again (at least 1)."""
+        if self.closed_until is None:
+            return 1
+        return max(1, math.ceil(self.closed_until - self._monotonic()))
+
     def record_success(self) -> None:
         self.failures = 0
-        self.opened_at = None
+        self.closed_until = None
         self._trial_running = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, retry_after: float | None = None) -> None:
+        """An availability failure; `retry_after`: B2 asked to wait that long (throttling)."""
         self.failures += 1
-        if self._trial_running or self.failures >= self.threshold:
-            self.opened_at = self._monotonic()
+        if retry_after is not None:
+            self._open(min(max(retry_after, 0.0), self.cooldown))
+        elif self._trial_running or self.failures >= self.threshold:
+            self._open(self.cooldown)
         self._trial_running = False
+
+    def record_neutral(self) -> None:
+        """A call that says nothing about B2's availability (a refusal for one file or bucket,
+        the caller going away): it neither counts as a failure nor holds the trial slot."""
+        self._trial_running = False
+
+    def _open(self, seconds: float) -> None:
+        self.closed_until = self._monotonic() + seconds

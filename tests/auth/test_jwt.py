@@ -4,69 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.app import MakeSettings, bearer, serve
 from tests.support.assertions import assert_unauthorized
+from tests.support.jwks import Jwks, serve_jwks
 from tests.support.world import Tenant, World
-
-
-class Jwks:
-    def __init__(self) -> None:
-        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.ec = ec.generate_private_key(ec.SECP256R1())
-        rsa_jwk = json.loads(RSAAlgorithm.to_jwk(self.rsa.public_key()))
-        ec_jwk = json.loads(ECAlgorithm.to_jwk(self.ec.public_key()))
-        self.document = {
-            "keys": [
-                {**rsa_jwk, "kid": "rsa-1", "alg": "RS256", "use": "sig"},
-                {**ec_jwk, "kid": "ec-1", "alg": "ES256", "use": "sig"},
-            ]
-        }
-        self.fetches = 0
-        self.url = ""
-
-    def rsa_public_pem(self) -> bytes:
-        return self.rsa.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
 
 
 @pytest.fixture(scope="module")
 def jwks() -> Iterator[Jwks]:
-    keys = Jwks()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            keys.fetches += 1
-            body = json.dumps(keys.document).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    keys.url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield keys
-    server.shutdown()
+    with serve_jwks() as keys:
+        yield keys
 
 
 @pytest.fixture(scope="module")

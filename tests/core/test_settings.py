@@ -122,3 +122,19 @@ def test_empty_environment_values_count_as_unset(monkeypatch: pytest.MonkeyPatch
     assert settings.jwt_algorithms == ["HS256"]
     assert settings.jwt_jwks_url is None
     assert settings.database_url is None
+
+
+def test_a_jwks_in_production_needs_issuer_and_audience() -> None:
+    production = {
+        "environment": "production",
+        "database_url": "postgresql://db/orbit",
+        "jwt_algorithms": ["RS256"],
+        "jwt_jwks_url": "https://idp.example/.well-known/jwks.json",
+    }
+    for missing in ({}, {"jwt_issuer": "https://idp.example/"}, {"jwt_audience": "orbit"}):
+        with pytest.raises(ValidationError, match="JWT_ISSUER and JWT_AUDIENCE are required"):
+            make(**production, **missing)
+    both = make(**production, jwt_issuer="https://idp.example/", jwt_audience="orbit")
+    assert both.jwt_audience == "orbit"
+    # Development keeps the convenience of a JWKS alone.
+    assert make(**(production | {"environment": "development"})).jwt_issuer is None

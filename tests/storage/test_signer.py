@@ -108,12 +108,14 @@ async def test_wrong_b2_credentials_are_503_storage_unavailable(
     assert_storage_unavailable(response)
 
 
-async def test_missing_bucket_is_503_storage_unavailable(
+async def test_missing_bucket_is_502_storage_error(
     client: httpx.AsyncClient, world: World, tenant: Tenant
 ) -> None:
+    """A row naming a bucket B2 does not have is that export's problem, not an outage."""
     export = await world.export(tenant, bucket_name="no-such-bucket")
     response = await client.get(tenant.path(export["id"]), headers=bearer(world.jwt(tenant.org)))
-    assert_storage_unavailable(response)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "STORAGE_ERROR"
 
 
 @pytest.mark.parametrize(

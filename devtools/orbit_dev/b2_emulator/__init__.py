@@ -15,7 +15,8 @@ exposed headers on matching requests, nothing for other origins.
 Admin endpoints under `/_emulator/` let tests read the request log, move the emulator's clock
 forward (to expire tokens without sleeping), expire every account token, and inject faults into
 the B2 API (`POST /_emulator/faults {"status": 503, "delaySeconds": 5, "malformed": true,
-"apis": ["b2_get_download_authorization"], "count": 3}`, `DELETE` to clear).
+"apis": ["b2_get_download_authorization"], "count": 3, "retryAfter": 120, "body": []}`,
+`DELETE` to clear; `body` is answered with 200 instead of the real answer).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import asyncio
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from orbit_dev.b2_emulator import admin, downloads, native_api
 from orbit_dev.b2_emulator.cors import dashboard_cors_rule
@@ -52,8 +53,11 @@ async def _log_and_inject_faults(request: Request, call_next: Any) -> Response:
             await asyncio.sleep(faults.delay_seconds)
         if faults.malformed:
             return Response(b'{"accountId": "trunc', media_type="application/json")
+        if faults.body is not None:
+            return JSONResponse(faults.body)
         if faults.status:
-            return b2_error(B2Failure(faults.status, "injected_fault", "Injected fault."))
+            code = "too_many_requests" if faults.status == 429 else "injected_fault"
+            return b2_error(B2Failure(faults.status, code, "Injected fault."), faults.retry_after)
     response: Response = await call_next(request)
     return response
 

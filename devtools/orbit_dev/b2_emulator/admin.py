@@ -35,6 +35,8 @@ async def set_faults(request: Request) -> Response:
         malformed=bool(body.get("malformed", False)),
         apis=body.get("apis"),
         remaining=body.get("count"),
+        retry_after=body.get("retryAfter"),
+        body=body.get("body"),
     )
     return Response(status_code=204)
 

@@ -25,6 +25,7 @@ from orbit_dev.b2_emulator.state import (
 )
 
 router = APIRouter()
+MAX_FILE_NAME_BYTES = 1024
 
 
 @router.api_route("/b2api/{version}/b2_authorize_account", methods=["GET", "POST"])
@@ -189,6 +190,11 @@ async def get_download_authorization(request: Request) -> Response:
     duration = body.get("validDurationInSeconds")
     if not isinstance(prefix, str):
         raise B2Failure(400, "bad_request", "fileNamePrefix is required.")
+    if len(prefix.encode()) > MAX_FILE_NAME_BYTES or any(
+        ord(c) < 32 or ord(c) == 127 for c in prefix
+    ):
+        # B2's file-name rules: UTF-8, at most 1024 bytes, no control characters.
+        raise B2Failure(400, "bad_request", "Invalid fileNamePrefix.")
     if not isinstance(duration, int) or not 1 <= duration <= MAX_DOWNLOAD_TOKEN_SECONDS:
         raise B2Failure(400, "bad_request", "validDurationInSeconds out of range.")
     disposition = body.get("b2ContentDisposition")

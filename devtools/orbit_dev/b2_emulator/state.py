@@ -60,11 +60,15 @@ class Faults:
     malformed: bool = False
     apis: list[str] | None = None
     remaining: int | None = None
+    # With `status`: the Retry-After header B2 sends when it throttles (429, 503).
+    retry_after: int | None = None
+    # Answered with 200 instead of the real answer: JSON a client must survive.
+    body: Any = None
 
     def applies(self, path: str) -> bool:
         if self.remaining is not None and self.remaining <= 0:
             return False
-        if not (self.status or self.delay_seconds or self.malformed):
+        if not (self.status or self.delay_seconds or self.malformed or self.body is not None):
             return False
         return self.apis is None or path.rsplit("/", 1)[-1] in self.apis
 
@@ -138,9 +142,11 @@ class EmulatorState:
             raise B2Failure(401, "expired_auth_token", "Authorization token has expired.")
 
 
-def b2_error(exc: B2Failure) -> JSONResponse:
+def b2_error(exc: B2Failure, retry_after: int | None = None) -> JSONResponse:
     return JSONResponse(
-        {"status": exc.status, "code": exc.code, "message": exc.message}, status_code=exc.status
+        {"status": exc.status, "code": exc.code, "message": exc.message},
+        status_code=exc.status,
+        headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
     )
 
 
