@@ -74,6 +74,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         background.append(jwks.run)
 
     api_keys: ApiKeyResolver
+    cached: CachedApiKeys | None = None
     if settings.api_key_cache_seconds:
         cached = api_keys = CachedApiKeys(settings.api_key_cache_seconds, db)
         # Revocations reach every replica within a second; the periodic recheck stays as the
@@ -91,6 +92,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
                 KEY_CHANGES_CHANNEL,
                 cached.forget,
                 listening_again,
+                on_lost=cached.stopped_listening,
             )
         )
     else:
@@ -161,10 +163,11 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     )
     await db.open()
     tasks = [asyncio.create_task(job()) for job in background]
-    if settings.api_key_cache_seconds:
+    if cached is not None:
         # Bounded: with Postgres down the service still starts (and is not ready).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(listening.wait(), settings.db_deadline_seconds)
+            await asyncio.wait_for(cached.loaded.wait(), settings.db_deadline_seconds)
     try:
         yield components
     finally:

@@ -11,6 +11,7 @@ shared one can replace them without touching the request path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import RowMapping, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.auth.rate_limit import InMemoryRateLimiter
 from app.core.clock import utc_now
 from app.core.ttl_cache import TtlCache
 from app.db.database import Database
@@ -80,8 +82,8 @@ class DatabaseApiKeys:
 
 class CachedApiKeys:
     """Recently verified keys, by hash, so a steady stream of requests costs one database round
-    trip each (the export lookup) instead of two. Only keys found active are remembered:
-    unknown keys always reach the database.
+    trip each (the export lookup) instead of two; and the hashes of every active key, so a
+    made-up key costs no database work at all.
 
     Every `ttl / 2` seconds all remembered keys are checked again in one statement (`run`, a
     background task): revoked or expired ones are forgotten, the others trusted for another
@@ -90,7 +92,18 @@ class CachedApiKeys:
     within half of it), and no request waits for a key lookup once its key is known. Checking
     keys one by one as they aged cost the API-key case about a tenth of its throughput in
     make bench.
+
+    The known hashes (64 bits of each, as integers: about 70 bytes per key) are loaded once the
+    process listens for key changes, and every change announced afterwards (a new key
+    included, migration 0003) is added, so the set is complete while listening. A key whose
+    hash is not in a complete set is refused without asking the database, except for a small
+    budget of lookups (UNKNOWN_KEY_LOOKUPS_PER_MINUTE, burst UNKNOWN_KEY_BURST per process) for
+    a key used within milliseconds of its creation, before its announcement arrived. Before
+    the set is complete (starting, or the listening connection lost) every key is looked up.
     """
+
+    UNKNOWN_KEY_LOOKUPS_PER_MINUTE = 300
+    UNKNOWN_KEY_BURST = 20
 
     def __init__(
         self,
@@ -104,13 +117,31 @@ class CachedApiKeys:
         self._db = db
         self._clock = clock
         self._entries: TtlCache[str, ApiKeyOwner] = TtlCache(max_size, monotonic)
+        self._known: set[int] = set()
+        self._known_complete = False
+        # Hashes announced while the set is being loaded (the load may not see them).
+        self._announced_during_load: set[int] | None = None
+        # Bumped whenever listening starts or stops: a load begun before is not trusted.
+        self._generation = 0
+        self._reload = asyncio.Event()
+        self.loaded = asyncio.Event()
+        self._unknown_budget = InMemoryRateLimiter(
+            self.UNKNOWN_KEY_LOOKUPS_PER_MINUTE, self.UNKNOWN_KEY_BURST, monotonic
+        )
 
     async def owner(self, key_hash: str) -> ApiKeyOwner | None:
         owner = self._entries.get(key_hash)
-        if owner is None:
-            owner = await find_active_key(self._db, key_hash)
-            if owner is not None:
-                self._remember(key_hash, owner)
+        if owner is not None:
+            return owner
+        if (
+            self._known_complete
+            and _short(key_hash) not in self._known
+            and self._unknown_budget.take("unknown") is not None
+        ):
+            return None
+        owner = await find_active_key(self._db, key_hash)
+        if owner is not None:
+            self._remember(key_hash, owner)
         return owner
 
     def _remember(self, key_hash: str, owner: ApiKeyOwner) -> None:
@@ -120,12 +151,46 @@ class CachedApiKeys:
         self._entries.put(key_hash, owner, lifetime)
 
     def forget(self, key_hash: str) -> None:
-        """The key changed (a notification): the next request with it asks the database."""
+        """The key changed or was created (a notification): the next request with it asks the
+        database."""
         self._entries.discard(key_hash)
+        short = _short(key_hash)
+        self._known.add(short)
+        if self._announced_during_load is not None:
+            self._announced_during_load.add(short)
 
     def forget_all(self) -> None:
-        """Changes may have been missed (the listening connection was down): start over."""
+        """Listening (re)started: changes may have been missed meanwhile. Start over, and load
+        the known hashes again."""
         self._entries.clear()
+        self.stopped_listening()
+        self._reload.set()
+
+    def stopped_listening(self) -> None:
+        """Announcements may be missed from now on: the known hashes are no longer complete."""
+        self._generation += 1
+        self._known_complete = False
+
+    async def load_known(self) -> None:
+        generation = self._generation
+        self._announced_during_load = set()
+        try:
+            known: set[int] = set()
+            after = ""
+            while True:
+                # In pages along the key_hash index: each statement stays short, however many
+                # keys there are.
+                rows = await self._db.fetch_all(_ACTIVE_HASHES_SQL, after, _HASHES_PER_PAGE)
+                known.update(_short(row[0]) for row in rows)
+                if len(rows) < _HASHES_PER_PAGE:
+                    break
+                after = rows[-1][0]
+            if generation == self._generation:
+                self._known = known | self._announced_during_load
+                self._known_complete = True
+                self.loaded.set()
+        finally:
+            self._announced_during_load = None
 
     async def recheck(self) -> None:
         hashes = self._entries.keys()
@@ -141,11 +206,25 @@ class CachedApiKeys:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._ttl / 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), self._ttl / 2)
+            if self._reload.is_set():
+                self._reload.clear()
+                try:
+                    await self.load_known()
+                except Exception as exc:  # every key is looked up meanwhile; tried again
+                    logger.warning("loading the known API keys failed: %s", type(exc).__name__)
+                    self._reload.set()
             try:
                 await self.recheck()
             except Exception as exc:  # entries then run out at their ttl; requests ask again
                 logger.warning("API key recheck failed: %s", type(exc).__name__)
+
+
+def _short(key_hash: str) -> int:
+    """64 bits of the hash: a set of these is a third of the size of one of hex strings, and a
+    collision only costs a database lookup."""
+    return int(key_hash[:16], 16)
 
 
 def hash_key(key: str) -> str:
@@ -210,6 +289,11 @@ async def revoke_api_key(conn: AsyncConnection, key_id: uuid.UUID) -> ApiKeyReco
 _ACTIVE = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
 _COLUMNS = "key_hash, id, organization_id, prefix, expires_at"
 _FIND_ACTIVE_KEY_SQL = f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = $1 AND {_ACTIVE}"  # noqa: S608
+_ACTIVE_HASHES_SQL = (
+    f"SELECT key_hash FROM api_keys WHERE key_hash > $1 AND {_ACTIVE}"  # noqa: S608
+    " ORDER BY key_hash LIMIT $2"
+)
+_HASHES_PER_PAGE = 10_000
 _FIND_ACTIVE_KEYS_SQL = f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ANY($1) AND {_ACTIVE}"  # noqa: S608
 
 

@@ -27,9 +27,11 @@ async def listen_forever(
     on_message: Callable[[str], None],
     on_connected: Callable[[], None] | None = None,
     connect_timeout: float = 5.0,
+    on_lost: Callable[[], None] | None = None,
 ) -> None:
-    """Call `on_message(payload)` for every notification on `channel` until cancelled, and
-    `on_connected()` each time listening (re)starts (messages sent meanwhile were missed)."""
+    """Call `on_message(payload)` for every notification on `channel` until cancelled,
+    `on_connected()` each time listening (re)starts (messages sent meanwhile were missed) and
+    `on_lost()` each time it stops."""
     backoff = CHECK_SECONDS
     while True:
         connection = None
@@ -46,6 +48,8 @@ async def listen_forever(
                 on_connected()
             backoff = CHECK_SECONDS
             await lost.wait()
+            if on_lost is not None:
+                on_lost()
             logger.warning("listening connection for %s lost; reconnecting", channel)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             logger.warning("cannot listen on %s (%s); retrying", channel, type(exc).__name__)
