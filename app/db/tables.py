@@ -65,7 +65,18 @@ intent_audience_exports = Table(
         "status <> 'completed' OR (bucket_name IS NOT NULL AND file_name IS NOT NULL)",
         name="completed_has_file",
     ),
+    # An export's file is one object (migration 0004): a B2 download token opens every name
+    # that starts with the token's file name.
+    CheckConstraint(
+        "file_name IS NULL OR (file_name <> '' AND right(file_name, 1) <> '/'"
+        " AND file_name !~ '(^|/)[.]{1,2}(/|$)')",
+        name="file_name_is_one_file",
+    ),
     Index(None, "organization_id", "audience_id", "run_id"),
+    # For the trigger that refuses file names overlapping another export's. Migration 0004
+    # builds it on `file_name COLLATE "C"` (prefix searches need it); reflection does not
+    # report an index column's collation, so it is declared on the plain column here.
+    Index("ix_intent_audience_exports_bucket_file_name", "bucket_name", "file_name"),
 )
 
 api_keys = Table(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,8 +17,18 @@ from functools import partial
 from urllib.parse import quote, urlencode
 
 from app.core.clock import utc_now
+from app.core.errors import StorageError
 from app.storage.b2_client import B2Client
 from app.storage.token_cache import FileKey, SignedToken, TokenCache
+
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
+def names_one_file(file_name: str) -> bool:
+    """False for names a download token would open more than one file with, or a folder:
+    empty, ending in `/`, or with a `.` or `..` segment (the table refuses them too; rows
+    written before migration 0004 may still hold one)."""
+    return bool(file_name) and not file_name.endswith("/") and not _DOT_SEGMENT.search(file_name)
 
 
 def content_disposition(file_name: str) -> str:
@@ -65,6 +76,10 @@ class DownloadSigner:
         the token's own: for a fresh token, clock read *before* minting + TTL; for a reused one,
         its true remaining lifetime. Never later than the real expiry.
         """
+        if not names_one_file(file_name):
+            raise StorageError(
+                "This export's file name does not name one file; it cannot be signed."
+            )
         key = (bucket_name, file_name)
         now = self._clock()
         token = await self._cache.get(key, now, not_after)

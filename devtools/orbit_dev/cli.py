@@ -115,9 +115,11 @@ def count_csv_rows(data: bytes) -> int:
 
 def cmd_exports_add(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
 
     from app.db.tables import intent_audience_exports
     from app.exports.schemas import IntentAudienceExport
+    from app.storage.signer import names_one_file
 
     export_id = uuid.uuid4()
     now = datetime.now(UTC)
@@ -139,7 +141,15 @@ def cmd_exports_add(args: argparse.Namespace, settings: Settings) -> int:
             print("B2 is not configured (B2_APPLICATION_KEY_ID/KEY)", file=sys.stderr)  # noqa: T201
             return 2
         data = Path(args.file).read_bytes()
-        file_name = f"exports/{args.org}/{args.audience}/{args.run}/{export_id}.csv"
+        file_name = args.file_name
+        if file_name is None:
+            file_name = f"exports/{args.org}/{args.audience}/{args.run}/{export_id}.csv"
+        if not names_one_file(file_name):
+            print(  # noqa: T201
+                "--file-name must name one file: not empty, no trailing /, no . or .. segments",
+                file=sys.stderr,
+            )
+            return 2
         values |= {
             "file_name": file_name,
             "file_id": upload(settings, args.bucket, file_name, data),
@@ -157,7 +167,14 @@ def cmd_exports_add(args: argparse.Namespace, settings: Settings) -> int:
         )
         return result.mappings().one()
 
-    row = in_transaction(settings, insert_row)
+    try:
+        row = in_transaction(settings, insert_row)
+    except IntegrityError as exc:
+        # The table's rules for file names (migration 0004): say which, in one line.
+        cause = getattr(exc.orig, "__cause__", None) or exc.orig
+        constraint = getattr(cause, "constraint_name", None) or "a constraint"
+        print(f"refused by {constraint}: {str(cause).splitlines()[0]}", file=sys.stderr)  # noqa: T201
+        return 2
     export = IntentAudienceExport.model_validate(dict(row))
     print(export.model_dump_json(by_alias=True))  # noqa: T201
     return 0
@@ -204,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--run", type=uuid_argument, required=True, help="audience run UUID")
     add.add_argument("--bucket", required=True, help="B2 bucket to upload the file to")
     add.add_argument("--file", help="the CSV to upload (required for a completed export)")
+    add.add_argument(
+        "--file-name",
+        help="the object's name in the bucket (default: exports/<org>/<audience>/<run>/<id>.csv);"
+        " it may not begin, or be the beginning of, another export's file name",
+    )
     add.add_argument(
         "--status",
         choices=["completed", "processing", "failed"],

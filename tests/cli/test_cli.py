@@ -94,6 +94,27 @@ def test_exports_add_then_serve_returns_a_url_that_downloads_the_file(
     assert httpx.get(response.json()["data"]["downloadUrl"]).content == content
 
 
+def test_exports_add_refuses_a_file_name_overlapping_another_exports(
+    cli_env: dict[str, str], ids: dict[str, str], tmp_path: Path
+) -> None:
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_bytes(sample_csv(rows=2))
+    name = f"exports/{uuid.uuid4()}/report.csv"
+    add_export(cli_env, ids, "--file", str(csv_file), "--file-name", name)
+    other = {**ids, "org": str(uuid.uuid4())}
+    for refused in (name + ".bak", name[:-4], "exports/", ""):
+        result = run(
+            cli_env,
+            "exports", "add", "--org", other["org"], "--audience", other["audience"],
+            "--run", other["run"], "--bucket", BUCKET, "--file", str(csv_file),
+            "--file-name", refused,
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, (refused, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and ("overlaps" in lines[0] or "one file" in lines[0]), lines
+
+
 def test_exports_add_processing_and_failed(
     cli_env: dict[str, str], server: str, ids: dict[str, str]
 ) -> None:

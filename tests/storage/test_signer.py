@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from app.storage.signer import content_disposition
 from tests.support.app import MakeSettings, bearer, download, serve
+from tests.support.constants import BUCKET
 from tests.support.emulator import Emulator
 from tests.support.processes import free_port
 from tests.support.storage import make_signer
@@ -160,3 +162,37 @@ async def test_account_is_reauthorized_once_when_old_even_under_concurrency(
         assert emulator.calls("b2_authorize_account") == 2
         # Concurrent signs of one file share one call (the cache itself is off here).
         assert emulator.calls("b2_get_download_authorization") == 3
+
+
+ODD_NAMES = [
+    "with space.csv",
+    "q?x=1&y=2.csv",
+    "hash#fragment.csv",
+    "ünïcødé-名前.csv",
+    "a..b/..c..csv",
+    "plus+sign.csv",
+    "percent%20encoded.csv",
+    "semi;colon,comma.csv",
+]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+async def test_odd_file_names_download_exactly_that_file(
+    client: httpx.AsyncClient, world: World, tenant: Tenant, name: str
+) -> None:
+    """Each URL opens its own object: the name is percent-encoded in the path, so `?`, `#`,
+    `%`, spaces and non-ASCII characters are part of the name, not of the query or fragment.
+    A sibling whose name the unencoded URL would reach gets no say."""
+    folder = f"exports/{uuid.uuid4()}/"
+    content = f"name\n{name}\n".encode()
+    export = await world.export(tenant, content=content, file_name=folder + name)
+    # Objects an unencoded URL would open instead (the part before ? or #).
+    bucket = world.b2.get_bucket_by_name(BUCKET)
+    for decoy in {name.split("?")[0], name.split("#")[0]} - {name}:
+        await asyncio.to_thread(bucket.upload_bytes, b"decoy\n", folder + decoy)
+    response = await client.get(tenant.path(export["id"]), headers=bearer(world.jwt(tenant.org)))
+    assert response.status_code == 200, response.text
+    downloaded = await download(response.json()["data"]["downloadUrl"])
+    assert downloaded.status_code == 200
+    assert downloaded.content == content
+    assert downloaded.headers["Content-Disposition"] == content_disposition(folder + name)

@@ -5,6 +5,7 @@ for names starting with its prefix, until it expires, and only with the exact
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -56,7 +57,8 @@ def _download(bucket: dict[str, Any] | None, file_name: str, request: Request) -
     if stored is None:
         raise B2Failure(404, "not_found", "File not present.")
     headers = {
-        "X-Bz-File-Name": stored.name,
+        # B2 sends the name percent-encoded (UTF-8): headers are Latin-1.
+        "X-Bz-File-Name": quote(stored.name, safe="/"),
         "X-Bz-File-Id": stored.file_id,
         "X-Bz-Content-Sha1": stored.sha1,
         "X-Bz-Upload-Timestamp": str(stored.uploaded_ms),
