@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.envelope import ApiError as ApiErrorBody
 from app.api.envelope import ApiErrorResponse, envelope_meta, response_headers
@@ -83,6 +84,38 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log only; the caller learns nothing about internals.
     logger.error("unhandled exception", exc_info=exc)
     return error_response(request, ApiError())
+
+
+class UnexpectedErrorMiddleware:
+    """Renders an unexpected exception as the envelope's 500 inside the CORS middleware.
+
+    Starlette gives an `Exception` handler to its outermost middleware, outside every one of
+    ours, so that 500 carried no CORS headers and the dashboard could not read it. This one
+    sits just inside CORS; the app-level handler stays for errors raised further out.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # too late for an answer of ours: the server closes the connection
+                raise
+            response = await _on_unexpected(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

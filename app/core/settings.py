@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.environment == "production" and self.database_url is None:
             raise ValueError("DATABASE_URL is required when ENVIRONMENT=production")
+        if self.environment == "production" and self.metrics_enabled and self.metrics_token is None:
+            # /metrics names routes, error codes and load: not for the whole internet.
+            raise ValueError(
+                "METRICS_TOKEN is required when ENVIRONMENT=production (or METRICS_ENABLED=false)"
+            )
         if self.jwt_secret is not None:
             secret = self.jwt_secret.get_secret_value()
             if len(secret) < MIN_JWT_SECRET_LENGTH:

@@ -77,15 +77,21 @@ async def test_insane_request_id_is_replaced(
 async def test_unexpected_error_is_500_envelope_without_internals(
     make_settings: MakeSettings, empty_database_url: str, world: World, tenant: Tenant
 ) -> None:
-    """An unmigrated database makes the query fail with a real programming error."""
-    settings = make_settings(database_url=empty_database_url)
-    async with serve(settings, raise_app_exceptions=False) as client:
+    """An unmigrated database makes the query fail with a real programming error. The 500
+    carries the request id and, for the dashboard's origin, the CORS headers: a browser can
+    read it."""
+    origin = "https://dashboard.orbit.test"
+    settings = make_settings(database_url=empty_database_url, cors_allow_origins=origin)
+    async with serve(settings) as client:
         response = await client.get(
-            tenant.path(uuid.uuid4()), headers=bearer(world.jwt(tenant.org))
+            tenant.path(uuid.uuid4()), headers=bearer(world.jwt(tenant.org)) | {"Origin": origin}
         )
     assert response.status_code == 500
+    assert response.headers["Access-Control-Allow-Origin"] == origin
+    assert uuid.UUID(response.headers["X-Request-ID"])
     body = response.json()
     assert body["error"]["code"] == "INTERNAL_ERROR"
+    assert body["meta"]["request_id"] == response.headers["X-Request-ID"]
     for leak in ("intent_audience_exports", "Traceback", "asyncpg", "sqlalchemy", "relation"):
         assert leak not in response.text
 

@@ -70,6 +70,7 @@ def test_placeholder_secret_is_refused_in_production() -> None:
         make(
             environment="production",
             database_url="postgresql://db/orbit",
+            metrics_token="m" * 16,
             jwt_secret="changethis" * 4,
         )
 
@@ -77,7 +78,20 @@ def test_placeholder_secret_is_refused_in_production() -> None:
 def test_production_needs_a_database_url() -> None:
     with pytest.raises(ValidationError, match="DATABASE_URL is required"):
         make(environment="production")
-    assert make(environment="production", database_url="postgresql://db/orbit").port == 8000
+    production = make(
+        environment="production",
+        database_url="postgresql://db/orbit",
+        metrics_token="m" * 16,
+    )
+    assert production.port == 8000
+
+
+def test_production_metrics_need_a_token() -> None:
+    production = {"environment": "production", "database_url": "postgresql://db/orbit"}
+    with pytest.raises(ValidationError, match="METRICS_TOKEN is required"):
+        make(**production)
+    assert make(**production, metrics_enabled=False).metrics_token is None
+    assert make(**production, metrics_token="m" * 16).metrics_enabled
 
 
 def test_host_port_and_workers_come_from_the_env_file(
@@ -130,6 +144,7 @@ def test_a_jwks_in_production_needs_issuer_and_audience() -> None:
         "database_url": "postgresql://db/orbit",
         "jwt_algorithms": ["RS256"],
         "jwt_jwks_url": "https://idp.example/.well-known/jwks.json",
+        "metrics_token": "m" * 16,
     }
     for missing in ({}, {"jwt_issuer": "https://idp.example/"}, {"jwt_audience": "orbit"}):
         with pytest.raises(ValidationError, match="JWT_ISSUER and JWT_AUDIENCE are required"):
