@@ -50,6 +50,7 @@ CONNECTIONS = 64
 BUCKET = "orbit-bench"
 JWT_SECRET = "bench-" + "b" * 40
 B2_KEY_ID, B2_KEY = "bench-key-id", "bench-application-key"
+EMULATOR_ADMIN = {"Authorization": f"Bearer {B2_KEY}"}
 WORK = ROOT / "bench" / "results"
 # For quick comparisons while working on the hot path; the doc is written only by a full run.
 CASES = os.environ.get("BENCH_CASES", "floor,key,jwt").split(",")
@@ -169,7 +170,7 @@ def run_wrk(base: str, script_input: Path, seconds: int) -> dict[str, float]:
 def b2_sign_calls(emulator_url: str) -> int:
     return sum(
         1
-        for r in httpx.get(f"{emulator_url}/_emulator/requests").json()
+        for r in httpx.get(f"{emulator_url}/_emulator/requests", headers=EMULATOR_ADMIN).json()
         if "b2_get_download_authorization" in r["path"]
     )
 
@@ -178,7 +179,7 @@ def warm_up(base: str, script_input: Path, emulator_url: str) -> None:
     """Rounds of load until one makes no B2 call: every worker holds a token for every file,
     the steady state the service is built for (and that the issue measures)."""
     for round_number in range(1, WARMUP_ROUNDS + 1):
-        httpx.delete(f"{emulator_url}/_emulator/requests")
+        httpx.delete(f"{emulator_url}/_emulator/requests", headers=EMULATOR_ADMIN)
         run_wrk(base, script_input, WARMUP)
         calls = b2_sign_calls(emulator_url)
         print(f"bench:   warm-up round {round_number}: {calls} B2 calls", flush=True)
@@ -261,7 +262,7 @@ def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url
 
 def measure_slice(running: Running, emulator_url: str) -> None:
     """One measured wrk run of SECONDS; B2 calls and memory are counted during it."""
-    httpx.delete(f"{emulator_url}/_emulator/requests")
+    httpx.delete(f"{emulator_url}/_emulator/requests", headers=EMULATOR_ADMIN)
     stop, peak = threading.Event(), []
     sampler = threading.Thread(
         target=sample_rss, args=(psutil.Process(running.proc.pid), stop, peak)
@@ -371,7 +372,7 @@ def main() -> int:
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     results: list[Result] = []
     try:
-        wait_for(emulator_url + "/_emulator/requests", emulator)
+        wait_for(emulator_url + "/_emulator/health", emulator)
         for workers in WORKERS:
             for result in run_worker_count(workers, url, lines_file, emulator_url):
                 results.append(result)

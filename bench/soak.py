@@ -150,7 +150,7 @@ def main() -> int:
     )
     server = None
     try:
-        wait_for(f"http://127.0.0.1:{emulator_port}/_emulator/requests", emulator)
+        wait_for(f"http://127.0.0.1:{emulator_port}/_emulator/health", emulator)
         csv_path = work / "audience.csv"
         csv_path.write_text("email,company\n" + "".join(f"u{i}@x.io,Co {i}\n" for i in range(300)))
         fixture = seed(env, csv_path)

@@ -50,7 +50,7 @@ def start_emulator(bucket: str, cors_origins: list[str]) -> subprocess.Popen[byt
     deadline = time.monotonic() + 15
     while True:
         try:
-            httpx.get(f"{url}/_emulator/requests", timeout=1)
+            httpx.get(f"{url}/_emulator/health", timeout=1)
             break
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -12,9 +12,10 @@ the exact `b2ContentDisposition` it was minted with. Buckets carry B2 CORS rules
 B2 does: preflights matched against the rules, `Access-Control-Allow-Origin` and the rule's
 exposed headers on matching requests, nothing for other origins.
 
-Admin endpoints under `/_emulator/` let tests read the request log, move the emulator's clock
-forward (to expire tokens without sleeping), expire every account token, and inject faults into
-the B2 API (`POST /_emulator/faults {"status": 503, "delaySeconds": 5, "malformed": true,
+Admin endpoints under `/_emulator/` (with `Authorization: Bearer <application key>`) let
+tests read the request log (the last 10,000 calls), move the emulator's clock forward (to
+expire tokens without sleeping), expire every account token, and inject faults into the B2
+API (`POST /_emulator/faults {"status": 503, "delaySeconds": 5, "malformed": true,
 "apis": ["b2_get_download_authorization"], "count": 3, "retryAfter": 120, "body": []}`,
 `DELETE` to clear; `body` is answered with 200 instead of the real answer).
 """
@@ -82,4 +83,5 @@ def create_emulator(
     app.middleware("http")(_log_and_inject_faults)
     for module in (native_api, downloads, admin):
         app.include_router(module.router)
+    app.include_router(admin.health_router)
     return app

@@ -1,21 +1,39 @@
 """Admin endpoints for tests: read and clear the request log, inject faults into `/b2api/`
 calls, expire every account token, move the emulator's clock forward (to expire tokens without
-sleeping)."""
+sleeping). Each needs the emulator's application key (`Authorization: Bearer <key>`): the
+emulator may listen where others can reach it (compose publishes its port). `/_emulator/health`
+needs nothing and says only that it is up."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import hmac
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from orbit_dev.b2_emulator.state import Faults, emulator_state, json_body
+from orbit_dev.b2_emulator.state import B2Failure, Faults, emulator_state, json_body
 
-router = APIRouter(prefix="/_emulator")
+
+def _require_key(request: Request) -> None:
+    expected = f"Bearer {emulator_state(request).key}".encode()
+    given = request.headers.get("Authorization", "").encode("latin-1", "replace")
+    if not hmac.compare_digest(given, expected):
+        raise B2Failure(401, "unauthorized", "The emulator's admin endpoints need its key.")
+
+
+health_router = APIRouter(prefix="/_emulator")
+router = APIRouter(prefix="/_emulator", dependencies=[Depends(_require_key)])
+
+
+@health_router.get("/health")
+async def health() -> Response:
+    return Response(status_code=204)
 
 
 @router.get("/requests")
 async def request_log(request: Request) -> Response:
     state = emulator_state(request)
-    return JSONResponse(state.request_log)
+    return JSONResponse(list(state.request_log))
 
 
 @router.delete("/requests")

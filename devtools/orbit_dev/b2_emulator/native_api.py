@@ -199,11 +199,14 @@ async def get_download_authorization(request: Request) -> Response:
         raise B2Failure(400, "bad_request", "validDurationInSeconds out of range.")
     disposition = body.get("b2ContentDisposition")
     token = "3_emu_" + secrets.token_urlsafe(32)
-    state.download_grants[token] = DownloadGrant(
-        bucket_id=bucket["bucketId"],
-        prefix=prefix,
-        expires_at=state.now() + duration,
-        disposition=disposition if isinstance(disposition, str) else None,
+    state.grant(
+        token,
+        DownloadGrant(
+            bucket_id=bucket["bucketId"],
+            prefix=prefix,
+            expires_at=state.now() + duration,
+            disposition=disposition if isinstance(disposition, str) else None,
+        ),
     )
     return JSONResponse(
         {"bucketId": bucket["bucketId"], "fileNamePrefix": prefix, "authorizationToken": token}

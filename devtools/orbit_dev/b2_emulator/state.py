@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,8 @@ from fastapi.responses import JSONResponse
 
 ACCOUNT_TOKEN_SECONDS = 24 * 3600
 MAX_DOWNLOAD_TOKEN_SECONDS = 604_800
+MAX_LOGGED_REQUESTS = 10_000
+MAX_DOWNLOAD_GRANTS = 100_000
 ALL_CAPABILITIES = [
     "listBuckets",
     "listAllBucketNames",
@@ -87,11 +90,25 @@ class EmulatorState:
     account_tokens: dict[str, float] = field(default_factory=dict)
     upload_tokens: dict[str, str] = field(default_factory=dict)
     download_grants: dict[str, DownloadGrant] = field(default_factory=dict)
-    request_log: list[dict[str, Any]] = field(default_factory=list)
+    # Bounded: a long-running emulator (make run, compose) must not grow without end.
+    request_log: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=MAX_LOGGED_REQUESTS)
+    )
     faults: Faults = field(default_factory=Faults)
 
     def now(self) -> float:
         return time.time() + self.clock_offset
+
+    def grant(self, token: str, grant: DownloadGrant) -> None:
+        """Remember a download grant; past MAX_DOWNLOAD_GRANTS, expired ones go first, then
+        the oldest."""
+        self.download_grants[token] = grant
+        if len(self.download_grants) > MAX_DOWNLOAD_GRANTS:
+            now = self.now()
+            for old in [t for t, g in self.download_grants.items() if g.expires_at <= now]:
+                del self.download_grants[old]
+            while len(self.download_grants) > MAX_DOWNLOAD_GRANTS:
+                del self.download_grants[next(iter(self.download_grants))]
 
     def create_bucket(
         self,
