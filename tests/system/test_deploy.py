@@ -118,7 +118,9 @@ def test_api_waits_for_healthy_postgres_and_finished_migrations(compose: dict[st
     depends = compose["services"]["api"]["depends_on"]
     assert depends["postgres"]["condition"] == "service_healthy"
     assert depends["migrate"]["condition"] == "service_completed_successfully"
-    assert depends["b2"]["condition"] == "service_healthy"
+    # The emulator only exists in the dev profile: with real B2 the API waits for nothing else.
+    assert depends["b2"] == {"condition": "service_healthy", "required": False}
+    assert compose["services"]["b2"]["profiles"] == ["dev", "demo"]
     migrate = compose["services"]["migrate"]
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert migrate["restart"] == "no"
@@ -132,6 +134,18 @@ def test_ports_and_healthchecks_agree(compose: dict[str, Any]) -> None:
     assert api_args.host == "0.0.0.0"  # noqa: S104 - inside the container
     assert container_ports(b2) == [b2_args.port] == [healthcheck_port(b2)]
     assert b2_args.public_url.endswith(f":{b2_args.port}")
+
+
+def test_a_real_b2_key_never_reaches_the_emulators_command_line() -> None:
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    real = {
+        "JWT_SECRET": "j" * 40,
+        "B2_APPLICATION_KEY_ID": "real-id",
+        "B2_APPLICATION_KEY": "K005real",
+    }
+    resolved = interpolate(raw, real | {"B2_REALM": "production"})
+    assert "K005real" not in " ".join(argv(resolved["services"]["b2"]))
+    assert resolved["services"]["api"]["environment"]["B2_APPLICATION_KEY"] == "K005real"
 
 
 def test_api_is_pointed_at_the_emulator_with_its_credentials(compose: dict[str, Any]) -> None:
