@@ -20,7 +20,11 @@ from pydantic import ValidationError
 
 from app.api import health, metrics_endpoint
 from app.api.cors import DashboardCORSMiddleware
-from app.api.errors import UnexpectedErrorMiddleware, install_error_handlers
+from app.api.errors import (
+    RequestLimitsMiddleware,
+    UnexpectedErrorMiddleware,
+    install_error_handlers,
+)
 from app.api.request_context import RequestContextMiddleware
 from app.auth.dependencies import SECURITY_SCHEMES
 from app.auth.middleware import AuthenticationMiddleware
@@ -63,8 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Innermost first: the caller is resolved after CORS preflights are answered, inside the
     # request id's context.
     app.add_middleware(AuthenticationMiddleware)
-    # Inside CORS: an unexpected 500 still carries the dashboard's CORS headers.
+    # Inside CORS: an unexpected 500, an overload 503 still carry the dashboard's CORS headers.
     app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_in_flight=settings.max_concurrent_requests,
+        max_header_bytes=settings.max_header_bytes,
+    )
     if settings.cors_allow_origins:
         app.add_middleware(DashboardCORSMiddleware, origins=settings.cors_allow_origins)
     # Added last, so outermost: every response, CORS rejections included, gets its request id.

@@ -228,6 +228,10 @@ def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url
         "WEB_CONCURRENCY": str(workers),
         "DB_POOL_SIZE": "10",
     }
+    # "key+httptools": the case with HTTP_PARSER=httptools (A/B of the parser, BENCH_CASES).
+    case, _, parser = case.partition("+")
+    if parser:
+        env["HTTP_PARSER"] = parser
     if case == "floor":
         command = [str(BIN / "uvicorn"), "bench.floor:app", "--port", str(port)]
         command += ["--workers", str(workers), "--log-level", "warning", "--no-access-log"]
@@ -257,7 +261,8 @@ def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url
         proc.terminate()
         proc.wait(30)
         raise
-    return Running(case, workers, proc, base, script_input, ready, len(body.content))
+    name = f"{case}+{parser}" if parser else case
+    return Running(name, workers, proc, base, script_input, ready, len(body.content))
 
 
 def measure_slice(running: Running, emulator_url: str) -> None:
@@ -343,7 +348,7 @@ def report(results: list[Result]) -> str:
     for r in results:
         f = floor[r.workers]
         lines.append(
-            f"| {names[r.case]} | {r.workers} | {r.rps:,.0f} | {r.rps / f.rps:.2f} | "
+            f"| {names.get(r.case, r.case)} | {r.workers} | {r.rps:,.0f} | {r.rps / f.rps:.2f} | "
             f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.p99_ms / f.p99_ms:.2f} | {r.errors} | "
             f"{r.b2_calls} | {r.peak_rss_mib:.0f} | {r.ready_s:.2f} | {r.body_bytes} |"
         )

@@ -15,7 +15,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.envelope import ApiError as ApiErrorBody
 from app.api.envelope import ApiErrorResponse, envelope_meta, response_headers
-from app.core.errors import ApiError, MethodNotAllowed, RouteNotFound, ValidationFailed
+from app.core.errors import (
+    ApiError,
+    HeadersTooLarge,
+    MethodNotAllowed,
+    Overloaded,
+    RouteNotFound,
+    ValidationFailed,
+)
 
 logger = logging.getLogger("app.errors")
 
@@ -116,6 +123,38 @@ class UnexpectedErrorMiddleware:
                 raise
             response = await _on_unexpected(Request(scope), exc)
             await response(scope, receive, send)
+
+
+class RequestLimitsMiddleware:
+    """At most `max_in_flight` requests at once in this worker, each with at most
+    `max_header_bytes` of headers; beyond either, the envelope's 503 SERVER_OVERLOADED (with
+    Retry-After) or 431 HEADERS_TOO_LARGE at once, before any work. It sits inside CORS, so a
+    browser can read the answer. uvicorn's own limits (`limit_concurrency`, h11's header size)
+    stay as the backstop for what never reaches the app."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.max_header_bytes = max_header_bytes
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal: ApiError | None = None
+        if self.in_flight >= self.max_in_flight:
+            refusal = Overloaded()
+        elif sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            refusal = HeadersTooLarge()
+        if refusal is not None:
+            await error_response(Request(scope), refusal)(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,14 +18,32 @@ from app.core.settings import Settings, get_settings
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+# The files prometheus-client's multiprocess mode writes: `<type>_<pid>.db`.
+_SAMPLE_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")
+
+
+class MetricsDirNotOurs(Exception):
+    """PROMETHEUS_MULTIPROC_DIR holds files the service did not write."""
+
+
 def _prepare_metrics_dir() -> Path | None:
     """An empty folder for this run's metric samples, shared by every worker: the operator's
-    PROMETHEUS_MULTIPROC_DIR, emptied, or a new temporary one (returned, to be removed)."""
+    PROMETHEUS_MULTIPROC_DIR, cleared of an earlier run's sample files only (a folder holding
+    anything else is refused, never emptied), or a new temporary one (returned, to be
+    removed)."""
     given = os.environ.get(METRICS_DIR_ENV)
     if given:
         folder = Path(given)
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = list(folder.iterdir())
+        foreign = [p.name for p in entries if not (p.is_file() and _SAMPLE_FILE.fullmatch(p.name))]
+        if foreign:
+            raise MetricsDirNotOurs(
+                f"{METRICS_DIR_ENV} must be an empty folder or one holding only metric samples"
+                f" ({len(foreign)} other entries in it)"
+            )
+        for entry in entries:
+            entry.unlink()
         return None
     folder = Path(tempfile.mkdtemp(prefix="orbit-metrics-"))
     os.environ[METRICS_DIR_ENV] = str(folder)
@@ -55,6 +75,14 @@ def run_server(settings: Settings, host: str, port: int) -> None:
             # One structured line per request comes from the app (app.access) instead.
             access_log=False,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=(
+                "app.cli.uvicorn_compat:HeaderBoundedHttpToolsProtocol"
+                if settings.http_parser == "httptools"
+                else "h11"
+            ),
+            h11_max_incomplete_event_size=settings.max_header_bytes,
+            # A backstop for connection floods; the app's own limit answers in the envelope.
+            limit_concurrency=settings.max_concurrent_requests * 4,
         )
     finally:
         if metrics_dir is not None:
@@ -62,7 +90,11 @@ def run_server(settings: Settings, host: str, port: int) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    run_server(settings, args.host or settings.host, args.port or settings.port)
+    try:
+        run_server(settings, args.host or settings.host, args.port or settings.port)
+    except MetricsDirNotOurs as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
     return 0
 
 

@@ -117,6 +117,19 @@ class StorageError(ApiError):
     )
 
 
+class Overloaded(ApiError):
+    status_code = 503
+    code = "SERVER_OVERLOADED"
+    default_message = "The server is handling too many requests; try again shortly."
+    retry_after = 1
+
+
+class HeadersTooLarge(ApiError):
+    status_code = 431
+    code = "HEADERS_TOO_LARGE"
+    default_message = "The request's headers are too large."
+
+
 class DatabaseUnavailable(ApiError):
     status_code = 503
     code = "DATABASE_UNAVAILABLE"

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     # (every statement is parsed again each time; docs/performance.md gives the cost).
     db_prepared_statements: bool = True
 
+    # HTTP limits of `orbit-exports serve`. Either parser refuses a request whose headers
+    # exceed MAX_HEADER_BYTES while reading them (httptools through app/cli/uvicorn_compat.py);
+    # httptools is about a third faster here (docs/performance.md).
+    http_parser: Literal["h11", "httptools"] = "httptools"
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    # Requests in progress per worker beyond which the service answers 503 SERVER_OVERLOADED
+    # at once (uvicorn's own connection limit, a plain-text 503, sits at 4x this).
+    max_concurrent_requests: int = Field(1024, ge=1, le=100_000)
+
     # On SIGTERM, in-flight requests get this long to finish before the process exits.
     shutdown_grace_seconds: int = Field(20, ge=0, le=600)
 

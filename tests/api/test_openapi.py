@@ -18,7 +18,7 @@ CONTRACT_SCHEMAS = [
     "ApiError",
 ]
 # Statuses the service sends besides the contract's 200/404/409/503, documented on purpose.
-INTENDED_ADDITIONS = {"401", "422", "429"}
+INTENDED_ADDITIONS = {"401", "422", "429", "502"}
 
 
 def _resolve(schema: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ def parameters(function: object) -> list[str]:
 
 def test_the_overridden_and_called_private_methods_exist_with_their_signatures() -> None:
     assert parameters(B2Http._translate_and_retry) == ["fcn", "try_count", "post_params"]
+    assert parameters(B2Http._translate_errors) == ["fcn", "post_params"]
     assert parameters(B2Session._api_token_callback)[:2] == ["self", "raw_api_method"]
     assert parameters(B2Session.authorize_automatically) == ["self"]
     assert parameters(B2Session._wrap_default_token)[:2] == ["self", "raw_api_method"]

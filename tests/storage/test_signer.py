@@ -196,3 +196,30 @@ async def test_odd_file_names_download_exactly_that_file(
     assert downloaded.status_code == 200
     assert downloaded.content == content
     assert downloaded.headers["Content-Disposition"] == content_disposition(folder + name)
+
+
+async def test_a_caller_waiting_on_anothers_mint_never_gets_a_url_outliving_its_export(
+    make_settings: MakeSettings, world: World, tenant: Tenant, emulator: Emulator
+) -> None:
+    """Two requests for one file at once: the first (an export without expiry) mints, the
+    second waits for that mint; its own export expires in two minutes, so it must not take
+    the hour-long token."""
+    from datetime import timedelta
+
+    from app.core.clock import utc_now
+
+    export = await world.export(tenant)
+    emulator.clear()
+    emulator.inject(delaySeconds=0.3, apis=["b2_get_download_authorization"], count=1)
+    try:
+        with make_signer(make_settings(export_url_ttl_seconds=3600)) as (signer, _):
+            soon = utc_now() + timedelta(seconds=120)
+            bucket, name = export["bucket_name"], export["file_name"]
+            first = asyncio.create_task(signer.sign(bucket, name, None))
+            while emulator.calls("b2_get_download_authorization") == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # until the first is minting
+            second = await signer.sign(bucket, name, soon)
+            assert second.expires_at <= soon
+            assert (await first).expires_at > soon
+    finally:
+        emulator.clear_faults()

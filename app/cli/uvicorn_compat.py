@@ -1,0 +1,91 @@
+"""The one use of uvicorn's private API: its httptools protocol, with a bound on header bytes.
+
+uvicorn's httptools protocol (the fast parser, uvicorn's default when httptools is installed)
+reads request headers of any size into memory: an 8 MB header was accepted. uvicorn's only
+header limit, `h11_max_incomplete_event_size`, applies to its h11 parser, which costs this
+service about a quarter of its throughput (docs/performance.md). This subclass counts the bytes
+received while a request's headers are incomplete and answers 431 (the error envelope) and
+closes the connection once MAX_HEADER_BYTES is passed, so at most MAX_HEADER_BYTES plus one read
+(64 kB) is buffered per connection.
+
+It overrides `connection_made`, `data_received`, `on_headers_complete` and
+`on_message_complete` of `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`;
+`tests/cli/test_uvicorn_compat.py` pins the installed uvicorn to `WRITTEN_FOR` and exercises it
+through a real server, so an upgrade fails loudly there rather than quietly in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.api.envelope import REQUEST_ID_HEADER, STATIC_HEADERS
+from app.core.settings import get_settings
+
+# The uvicorn minor line these overrides were read from (also pinned in pyproject.toml).
+WRITTEN_FOR = "0.54"
+
+
+def installed_uvicorn_line() -> str:
+    major, minor, *_ = uvicorn.__version__.split(".")
+    return f"{major}.{minor}"
+
+
+def _headers_too_large() -> bytes:
+    """The error envelope's 431, with the headers every answer of the service carries."""
+    request_id = str(uuid.uuid4())
+    body = json.dumps(
+        {
+            "error": {
+                "code": "HEADERS_TOO_LARGE",
+                "message": "The request's headers are too large.",
+                "details": None,
+            },
+            "meta": {
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "request_id": request_id,
+            },
+        }
+    ).encode()
+    headers = {
+        **STATIC_HEADERS,
+        REQUEST_ID_HEADER: request_id,
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+    }
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return b"HTTP/1.1 431 Request Header Fields Too Large\r\n" + head.encode() + b"\r\n" + body
+
+
+class HeaderBoundedHttpToolsProtocol(HttpToolsProtocol):
+    """`http=` for uvicorn.run: httptools with MAX_HEADER_BYTES enforced while reading."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._limit = get_settings().max_header_bytes
+        # Bytes received since the current request began, while its headers are incomplete;
+        # None while they are complete (the body is not counted).
+        self._header_bytes: int | None = 0
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_bytes is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > self._limit:
+                self.transport.write(_headers_too_large())
+                self.transport.close()
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._header_bytes = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._header_bytes = 0
+        super().on_message_complete()
