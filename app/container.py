@@ -37,7 +37,7 @@ from app.db.notifications import listen_forever
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client
 from app.storage.shared_token_cache import RedisTokenCache
-from app.storage.signer import DownloadSigner
+from app.storage.signer import DownloadSigner, UrlSigner
 from app.storage.token_cache import InMemoryTokenCache, TokenCache
 
 logger = logging.getLogger("app.main")
@@ -122,7 +122,12 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     authenticator = Authenticator(JwtVerifier(settings, jwks), api_keys, rate_limiter)
 
     observe_b2 = metrics.observe_b2_call if settings.metrics_enabled else None
-    b2 = B2Client(settings, observe_call=observe_b2) if settings.storage_configured else None
+    native = settings.storage_signer == "b2-native"
+    b2 = (
+        B2Client(settings, observe_call=observe_b2)
+        if native and settings.storage_configured
+        else None
+    )
     local_tokens = InMemoryTokenCache.from_settings(settings)
     token_cache: TokenCache = local_tokens
     if redis is not None:
@@ -131,8 +136,13 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             local_tokens,
             wait_seconds=settings.storage_timeout_seconds,
         )
-    signer = None
-    if b2 is not None:
+    signer: UrlSigner | None = None
+    if not native:
+        # Local signing: no B2 call, nothing to share through Redis, no breaker.
+        from app.storage.s3_signer import S3Signer
+
+        signer = S3Signer(settings, local_tokens)
+    elif b2 is not None:
         b2.start()
         signer = DownloadSigner(b2, token_cache, settings.export_url_ttl_seconds)
     else:
@@ -144,7 +154,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             pool_size=db.pool_size,
             connections_in_use=db.in_use,
             breaker_state=lambda: b2.breaker.state if b2 is not None else None,
-            token_cache=local_tokens.counts if b2 is not None else None,
+            token_cache=local_tokens.counts if signer is not None else None,
         )
         background.append(sampler.run)
         token = settings.metrics_token

@@ -4,11 +4,12 @@
   seeded once with BENCH_ROWS (default 1,000,000) exports over 10,000 organizations.
 - Requests: wrk, 64 connections, each request a random line of a list of BENCH_SAMPLE (3,000)
   random completed exports from 1,000 organizations with their API key or JWT.
-- Cases, alternating in one run: floor, service with API keys, service with JWTs; with 1 worker
-  and with WEB_CONCURRENCY=2. Each case gets warm-up rounds of BENCH_WARMUP_SECONDS until one
-  makes no B2 call (every worker then holds a token for every file: the steady state the
-  service is built for). Then BENCH_ROUNDS (4) rounds measure each case for BENCH_SECONDS (10),
-  the cases interleaved and their order rotated each round.
+- Cases, alternating in one run: floor, service with API keys, service with JWTs, and the
+  s3 signer (STORAGE_SIGNER=s3) with URLs reused per file and signed on every request
+  (EXPORT_URL_CACHE_SIZE=0); with 1 worker and with WEB_CONCURRENCY=2. Each case gets warm-up
+  rounds of BENCH_WARMUP_SECONDS until one makes no B2 call (every worker then holds a token
+  for every file: the steady state the service is built for). Then BENCH_ROUNDS (4) rounds
+  measure each case for BENCH_SECONDS (10), the cases interleaved and their order rotated.
 - Storage is the B2 emulator; its request log gives the B2 calls made during measured runs.
 - Writes docs/performance.md (between markers) with the figures.
 """
@@ -53,7 +54,21 @@ B2_KEY_ID, B2_KEY = "bench-key-id", "bench-application-key"
 EMULATOR_ADMIN = {"Authorization": f"Bearer {B2_KEY}"}
 WORK = ROOT / "bench" / "results"
 # For quick comparisons while working on the hot path; the doc is written only by a full run.
-CASES = os.environ.get("BENCH_CASES", "floor,key,jwt").split(",")
+DEFAULT_CASES = ["floor", "key", "jwt", "key+s3", "key+s3cold"]
+CASES = os.environ.get("BENCH_CASES", ",".join(DEFAULT_CASES)).split(",")
+# "case+variant": the case with these settings (A/Bs in one interleaved run).
+S3 = {
+    "STORAGE_SIGNER": "s3",
+    # Signing is local: nothing is sent there.
+    "S3_ENDPOINT_URL": "https://s3.us-west-004.backblazeb2.com",
+    "S3_REGION": "us-west-004",
+}
+VARIANTS: dict[str, dict[str, str]] = {
+    "h11": {"HTTP_PARSER": "h11"},
+    "httptools": {"HTTP_PARSER": "httptools"},
+    "s3": S3,
+    "s3cold": S3 | {"EXPORT_URL_CACHE_SIZE": "0"},
+}
 WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
 
 
@@ -228,10 +243,8 @@ def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url
         "WEB_CONCURRENCY": str(workers),
         "DB_POOL_SIZE": "10",
     }
-    # "key+httptools": the case with HTTP_PARSER=httptools (A/B of the parser, BENCH_CASES).
-    case, _, parser = case.partition("+")
-    if parser:
-        env["HTTP_PARSER"] = parser
+    case, _, variant = case.partition("+")
+    env |= VARIANTS.get(variant, {})
     if case == "floor":
         command = [str(BIN / "uvicorn"), "bench.floor:app", "--port", str(port)]
         command += ["--workers", str(workers), "--log-level", "warning", "--no-access-log"]
@@ -261,7 +274,7 @@ def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url
         proc.terminate()
         proc.wait(30)
         raise
-    name = f"{case}+{parser}" if parser else case
+    name = f"{case}+{variant}" if variant else case
     return Running(name, workers, proc, base, script_input, ready, len(body.content))
 
 
@@ -333,6 +346,8 @@ def report(results: list[Result]) -> str:
         "floor": "floor (FastAPI + asyncpg, PK select)",
         "key": "service, API key",
         "jwt": "service, JWT",
+        "key+s3": "service, API key, s3 signer (URLs reused)",
+        "key+s3cold": "service, API key, s3 signer (signed every request)",
     }
     lines = [
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores),"
@@ -387,7 +402,7 @@ def main() -> int:
         emulator.wait(10)
     table = report(results)
     print(table)
-    if CASES == ["floor", "key", "jwt"] and WORKERS == [1, 2]:
+    if CASES == DEFAULT_CASES and WORKERS == [1, 2]:
         write_doc(table)
     return 0
 

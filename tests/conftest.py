@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.logs",
     "tests.fixtures.pgbouncer",
     "tests.fixtures.redis",
+    "tests.fixtures.s3",
 ]
 
 settings.register_profile("default", max_examples=40, deadline=None)
@@ -34,6 +35,7 @@ _INTEGRATION_FIXTURES = {
     "make_settings",
     "pgbouncer_url",
     "redis_url",
+    "s3_server",
 }
 
 

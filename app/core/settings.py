@@ -26,6 +26,7 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?/?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
 # Below this a shared HMAC secret is guessable offline from one captured token.
 MIN_JWT_SECRET_LENGTH = 32
@@ -132,6 +133,19 @@ class Settings(BaseSettings):
     # b2 account tokens live 24 h; refreshing well before that keeps requests off the slow path.
     b2_reauthorize_after_seconds: int = Field(12 * 3600, ge=60, le=23 * 3600)
 
+    # How download URLs are made. b2-native: a B2 download authorization per file (one B2 API
+    # call per file per token lifetime; the token opens every name starting with the file's).
+    # s3: a SigV4 presigned URL through B2's S3-compatible API, computed locally (no call) for
+    # exactly one object; needs S3_ENDPOINT_URL (https://s3.<region>.backblazeb2.com),
+    # S3_REGION and credentials (S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY, defaulting to the
+    # B2 application key, which B2's S3 API accepts).
+    storage_signer: Literal["b2-native", "s3"] = "b2-native"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["virtual", "path"] = "virtual"
+
     @field_validator("jwt_algorithms", "cors_allow_origins", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
@@ -204,13 +218,31 @@ class Settings(BaseSettings):
                 "JWT_ISSUER and JWT_AUDIENCE are required with JWT_JWKS_URL when"
                 " ENVIRONMENT=production"
             )
+        if self.storage_signer == "s3":
+            if not self.s3_endpoint_url or not _HTTP_URL.fullmatch(self.s3_endpoint_url):
+                raise ValueError("STORAGE_SIGNER=s3 needs S3_ENDPOINT_URL (an http(s):// URL)")
+            if not self.s3_region:
+                raise ValueError("STORAGE_SIGNER=s3 needs S3_REGION (e.g. us-west-004)")
+            if not (self.s3_credentials[0] and self.s3_credentials[1]):
+                raise ValueError(
+                    "STORAGE_SIGNER=s3 needs S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY"
+                    " (or B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY)"
+                )
         if self.jwt_jwks_url is None and not set(self.jwt_algorithms) & HMAC_ALGORITHMS:
             raise ValueError("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
         return self
 
     @property
     def storage_configured(self) -> bool:
+        """B2's native API is usable (the b2-native signer; uploads by the developer tools)."""
         return bool(self.b2_application_key_id and self.b2_application_key)
+
+    @property
+    def s3_credentials(self) -> tuple[str | None, str | None]:
+        """The S3 key pair: S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY, else the B2 application key."""
+        key_id = self.s3_access_key_id or self.b2_application_key_id
+        secret = self.s3_secret_access_key or self.b2_application_key
+        return key_id, secret.get_secret_value() if secret is not None else None
 
 
 @lru_cache

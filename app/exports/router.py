@@ -31,7 +31,7 @@ from app.exports.schemas import (
     IntentAudienceExportWithUrl,
     StoredExportResponse,
 )
-from app.storage.signer import DownloadSigner
+from app.storage.signer import UrlSigner
 
 logger = logging.getLogger("app.exports")
 router = APIRouter(tags=["Audience Builder"])
@@ -43,7 +43,7 @@ class ExportBackends:
 
     database: Database
     # None when B2 is not configured: completed exports then answer 503.
-    signer: DownloadSigner | None
+    signer: UrlSigner | None
 
 
 def backends_of(request: Request) -> ExportBackends:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Protocol
 from urllib.parse import quote, urlencode
 
 from app.core.clock import utc_now
@@ -21,6 +22,7 @@ from app.core.errors import StorageError
 from app.storage.b2_client import B2Client
 from app.storage.token_cache import FileKey, SignedToken, TokenCache
 
+NOT_ONE_FILE = "This export's file name does not name one file; it cannot be signed."
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
@@ -46,8 +48,17 @@ class SignedDownload:
     url: str
     expires_at: datetime
     ttl_seconds: int
-    # True when a cached token was reused, False when B2 was asked for this request.
+    # True when a URL made earlier was reused, False when it was made for this request.
     reused: bool = False
+
+
+class UrlSigner(Protocol):
+    """What the route asks for a download URL: `DownloadSigner` (B2's native API) or
+    `S3Signer` (B2's S3-compatible API), chosen by STORAGE_SIGNER."""
+
+    async def sign(
+        self, bucket_name: str, file_name: str, not_after: datetime | None
+    ) -> SignedDownload: ...
 
 
 class DownloadSigner:
@@ -77,9 +88,7 @@ class DownloadSigner:
         its true remaining lifetime. Never later than the real expiry.
         """
         if not names_one_file(file_name):
-            raise StorageError(
-                "This export's file name does not name one file; it cannot be signed."
-            )
+            raise StorageError(NOT_ONE_FILE)
         key = (bucket_name, file_name)
         now = self._clock()
         token = await self._cache.get(key, now, not_after)

@@ -56,8 +56,9 @@ def upgrade() -> None:
         DECLARE
             other uuid;
         BEGIN
-            IF NEW.file_name IS NULL OR NEW.bucket_name IS NULL THEN
-                RETURN NEW;
+            IF NEW.file_name IS NULL OR NEW.bucket_name IS NULL
+               OR NEW.file_name = '' OR right(NEW.file_name, 1) = '/' THEN
+                RETURN NEW;  -- nothing to compare, or the CHECK refuses it
             END IF;
             PERFORM pg_advisory_xact_lock(
                 hashtextextended('orbit-export-files:' || NEW.bucket_name, 0)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.core.settings import Settings
+from app.core.settings import Settings, describe_invalid_settings
 
 
 def make(**values: Any) -> Settings:
@@ -153,3 +153,31 @@ def test_a_jwks_in_production_needs_issuer_and_audience() -> None:
     assert both.jwt_audience == "orbit"
     # Development keeps the convenience of a JWKS alone.
     assert make(**(production | {"environment": "development"})).jwt_issuer is None
+
+
+def test_the_s3_signer_needs_an_endpoint_a_region_and_credentials() -> None:
+    secret = "s3-secret-9f8e7d6c5b4a"
+    complete = {
+        "storage_signer": "s3",
+        "s3_endpoint_url": "https://s3.us-west-004.backblazeb2.com",
+        "s3_region": "us-west-004",
+        "s3_access_key_id": "004abc",
+        "s3_secret_access_key": secret,
+    }
+    assert make(**complete).s3_credentials == ("004abc", secret)
+    for missing, named in (
+        ("s3_endpoint_url", "S3_ENDPOINT_URL"),
+        ("s3_region", "S3_REGION"),
+        ("s3_access_key_id", "S3_ACCESS_KEY_ID"),
+        ("s3_secret_access_key", "S3_SECRET_ACCESS_KEY"),
+    ):
+        with pytest.raises(ValidationError, match=named) as refused:
+            make(**{k: v for k, v in complete.items() if k != missing})
+        assert secret not in describe_invalid_settings(refused.value)
+    with pytest.raises(ValidationError, match="S3_ENDPOINT_URL"):
+        make(**(complete | {"s3_endpoint_url": "s3.example.com"}))
+    # B2's application key is the default S3 credential.
+    b2_key = {"b2_application_key_id": "004b2", "b2_application_key": "K004b2secret"}
+    fallback = {k: v for k, v in complete.items() if not k.startswith("s3_access")}
+    fallback.pop("s3_secret_access_key")
+    assert make(**fallback, **b2_key).s3_credentials == ("004b2", "K004b2secret")
