@@ -35,6 +35,9 @@ install: $(STAMP) ## create .venv from the lock files, with the dev tools and th
 run: $(RUN_STAMP) ## demo on 127.0.0.1:$$PORT (8000): embedded Postgres, B2 emulator, seeded data
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev run
 
+run-s3: $(STAMP) ## the demo with STORAGE_SIGNER=s3 against a local SeaweedFS instead of the emulator
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev run --signer s3
+
 cluster: $(RUN_STAMP) fleet-tools ## 3 replicas behind HAProxy, through PgBouncer, with Redis, as local processes
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev cluster
 
@@ -90,6 +93,7 @@ soak: $(STAMP) ## a few minutes of mixed traffic on a real multi-worker server (
 bench: $(STAMP) ## wrk against the floor on 1,000,000 rows; writes docs/performance.md
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/s3_signing.py
 
 # service.txt: the image; run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools.
 lock: $(STAMP) ## recompile requirements/*.txt (hashed) from pyproject.toml

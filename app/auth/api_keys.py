@@ -205,6 +205,7 @@ class CachedApiKeys:
                 self._remember(key_hash, owner)
 
     async def run(self) -> None:
+        backoff = 1.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload.wait(), self._ttl / 2)
@@ -213,8 +214,16 @@ class CachedApiKeys:
                 try:
                     await self.load_known()
                 except Exception as exc:  # every key is looked up meanwhile; tried again
-                    logger.warning("loading the known API keys failed: %s", type(exc).__name__)
+                    logger.warning(
+                        "loading the known API keys failed (%s); again in %.0f s",
+                        type(exc).__name__,
+                        backoff,
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 60.0)
                     self._reload.set()
+                else:
+                    backoff = 1.0
             try:
                 await self.recheck()
             except Exception as exc:  # entries then run out at their ttl; requests ask again

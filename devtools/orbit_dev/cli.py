@@ -32,7 +32,7 @@ from app.cli.common import (
     uuid_argument,
 )
 from app.core.settings import Settings, get_settings
-from orbit_dev.children import persistent_secret, start_emulator
+from orbit_dev.children import persistent_secret, start_emulator, start_seaweedfs
 from orbit_dev.uploads import upload
 
 # --- run (the demo) --------------------------------------------------------------------------
@@ -47,7 +47,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["JWT_SECRET"] = persistent_secret(settings.orbit_data_dir / "jwt-secret")
     emulator = None
     try:
-        if not settings.storage_configured:
+        if args.signer == "s3":
+            emulator = start_seaweedfs(args.bucket, settings.orbit_data_dir)
+        elif not settings.storage_configured:
             emulator = start_emulator(args.bucket, settings.cors_allow_origins)
         get_settings.cache_clear()
         settings = get_settings()
@@ -200,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--bucket",
         default=os.environ.get("DEMO_BUCKET", "orbit-exports"),
         help="B2 bucket of the demo export (default: DEMO_BUCKET, or orbit-exports)",
+    )
+    run.add_argument(
+        "--signer",
+        choices=["b2-native", "s3"],
+        default="b2-native",
+        help="b2-native: the B2 emulator (default); s3: STORAGE_SIGNER=s3 against a local"
+        " SeaweedFS (needs `weed`, from the dev install)",
     )
     run.set_defaults(handler=cmd_run)
 

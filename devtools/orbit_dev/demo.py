@@ -100,7 +100,7 @@ def _file_name() -> str:
     return f"exports/{ORG}/{AUDIENCE}/{RUN}/{COMPLETED}.csv"
 
 
-async def _seed_rows(conn: AsyncConnection, bucket: str, file_id: str, data: bytes) -> None:
+async def _seed_rows(conn: AsyncConnection, bucket: str, file_id: str | None, data: bytes) -> None:
     now = datetime.now(UTC)
     common = {"organization_id": ORG, "audience_id": AUDIENCE, "run_id": RUN, "requested_by": USER}
     completed = {

@@ -1,12 +1,20 @@
-"""Uploading export files to B2 (or the emulator) with b2sdk's public API."""
+"""Uploading export files: to B2 (or the emulator) with b2sdk's public API, or, for the s3
+signer, through the S3 API with botocore."""
 
 from __future__ import annotations
 
 from app.core.settings import Settings
 
 
-def upload(settings: Settings, bucket_name: str, file_name: str, data: bytes) -> str:
-    """Upload `data` with b2sdk's public API; returns the file id."""
+def upload(settings: Settings, bucket_name: str, file_name: str, data: bytes) -> str | None:
+    """Upload `data`; returns B2's file id (None through the S3 API, which has none)."""
+    if settings.storage_signer == "s3":
+        from app.storage.s3_signer import s3_client
+
+        s3_client(settings).put_object(
+            Bucket=bucket_name, Key=file_name, Body=data, ContentType="text/csv"
+        )
+        return None
     from b2sdk.v2 import B2Api, InMemoryAccountInfo
 
     api = B2Api(InMemoryAccountInfo())

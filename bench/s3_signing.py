@@ -1,0 +1,89 @@
+"""What the s3 signer costs on this machine: importing botocore and building its S3 client (in a
+fresh interpreter, as at a worker's start), one presigned URL, and one reuse from the URL
+cache instead. `python bench/s3_signing.py` (part of `make bench`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+COLD = """
+import time
+started = time.perf_counter()
+from app.core.settings import Settings
+from app.storage.s3_signer import S3Signer
+from app.storage.token_cache import InMemoryTokenCache
+settings = Settings(_env_file=None, storage_signer="s3",
+    s3_endpoint_url="https://s3.us-west-004.backblazeb2.com", s3_region="us-west-004",
+    s3_access_key_id="004abc", s3_secret_access_key="secret")
+imported = time.perf_counter()
+signer = S3Signer(settings, InMemoryTokenCache(0, 0))
+signer.presign("orbit-exports", "exports/a.csv", 3600)
+print(imported - started, time.perf_counter() - imported)
+"""
+
+
+BENCH_SECRET = "bench-" + "s" * 20  # signs nothing anyone checks
+
+
+def cold_start() -> tuple[float, float]:
+    """Seconds to import (settings + signer module + botocore) and to build the client and sign
+    the first URL; the median of 5 fresh interpreters."""
+    runs = []
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", COLD], capture_output=True, text=True, check=True
+        )
+        imported, first = (float(x) for x in out.stdout.split())
+        runs.append((imported, first))
+    runs.sort(key=sum)
+    return runs[2]
+
+
+def per_url() -> tuple[float, float]:
+    """Microseconds per presigned URL, and per reuse of a cached one (InMemoryTokenCache.get)."""
+    from app.core.settings import Settings
+    from app.storage.s3_signer import S3Signer
+    from app.storage.token_cache import InMemoryTokenCache
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, storage_signer="s3",
+        s3_endpoint_url="https://s3.us-west-004.backblazeb2.com", s3_region="us-west-004",
+        s3_access_key_id="004abc", s3_secret_access_key=BENCH_SECRET,
+    )  # fmt: skip
+    signer = S3Signer(settings, InMemoryTokenCache(10_000, 600))
+    n = 3000
+    started = time.perf_counter()
+    for i in range(n):
+        signer.presign("orbit-exports", f"exports/{i}/audience.csv", 3600)
+    signing = (time.perf_counter() - started) / n * 1e6
+
+    async def reuse() -> float:
+        await signer.sign("orbit-exports", "exports/x.csv", None)
+        begun = time.perf_counter()
+        for _ in range(n):
+            await signer.sign("orbit-exports", "exports/x.csv", None)
+        return (time.perf_counter() - begun) / n * 1e6
+
+    return signing, asyncio.run(reuse())
+
+
+def main() -> None:
+    imported, first = cold_start()
+    signing, reused = per_url()
+    result = {
+        "at": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "import_s": round(imported, 3),
+        "client_and_first_url_s": round(first, 3),
+        "presign_us": round(signing, 1),
+        "cached_sign_us": round(reused, 1),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
