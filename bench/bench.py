@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,7 +55,8 @@ B2_KEY_ID, B2_KEY = "bench-key-id", "bench-application-key"
 EMULATOR_ADMIN = {"Authorization": f"Bearer {B2_KEY}"}
 WORK = ROOT / "bench" / "results"
 # For quick comparisons while working on the hot path; the doc is written only by a full run.
-DEFAULT_CASES = ["floor", "key", "jwt", "key+s3", "key+s3cold"]
+DEFAULT_CASES = ["floor", "key", "jwt", "key+ratelimit", "key+redis", "key+pgbouncer"]
+DEFAULT_CASES += ["key+s3", "key+s3cold"]
 CASES = os.environ.get("BENCH_CASES", ",".join(DEFAULT_CASES)).split(",")
 # "case+variant": the case with these settings (A/Bs in one interleaved run).
 S3 = {
@@ -63,11 +65,15 @@ S3 = {
     "S3_ENDPOINT_URL": "https://s3.us-west-004.backblazeb2.com",
     "S3_REGION": "us-west-004",
 }
+# "redis" and "pgbouncer" are filled in by main(), which starts them.
 VARIANTS: dict[str, dict[str, str]] = {
     "h11": {"HTTP_PARSER": "h11"},
     "httptools": {"HTTP_PARSER": "httptools"},
     "s3": S3,
     "s3cold": S3 | {"EXPORT_URL_CACHE_SIZE": "0"},
+    # A limit no request reaches: its cost, not its refusals (one Redis call per request with
+    # REDIS_URL).
+    "ratelimit": {"RATE_LIMIT_PER_MINUTE": "1000000", "RATE_LIMIT_BURST": "1000000"},
 }
 WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
 
@@ -346,6 +352,9 @@ def report(results: list[Result]) -> str:
         "floor": "floor (FastAPI + asyncpg, PK select)",
         "key": "service, API key",
         "jwt": "service, JWT",
+        "key+redis": "service, API key, rate limit on, REDIS_URL set (fleet-wide limit, tokens)",
+        "key+pgbouncer": "service, API key, PgBouncer (transaction mode), no prepared statements",
+        "key+ratelimit": "service, API key, in-process rate limit on",
         "key+s3": "service, API key, s3 signer (URLs reused)",
         "key+s3cold": "service, API key, s3 signer (signed every request)",
     }
@@ -374,6 +383,25 @@ def write_doc(text: str) -> None:
     replace_section(ROOT / "docs" / "performance.md", "bench", text)
 
 
+def start_fleet_parts(stack: ExitStack, url: str) -> None:
+    """Redis and PgBouncer (Debian's, as `make cluster` runs them) for the cases that use them."""
+    from orbit_dev.cluster import start_pgbouncer, start_redis
+
+    variants = {case.partition("+")[2] for case in CASES}
+    folder = WORK / "fleet"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)  # PgBouncer runs as postgres
+    if "redis" in variants:
+        VARIANTS["redis"] = VARIANTS["ratelimit"] | {"REDIS_URL": start_redis(stack, folder)}
+    if "pgbouncer" in variants:
+        VARIANTS["pgbouncer"] = {
+            "DATABASE_URL": start_pgbouncer(stack, url, folder, folder),
+            "DB_PREPARED_STATEMENTS": "false",
+            # LISTEN needs a session of its own: Postgres itself.
+            "DATABASE_LISTEN_URL": url,
+        }
+
+
 def main() -> int:
     if shutil.which("wrk") is None:
         print("bench: wrk is missing (make bench installs it)", file=sys.stderr)
@@ -391,18 +419,21 @@ def main() -> int:
     )  # fmt: skip
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     results: list[Result] = []
+    fleet = ExitStack()
     try:
+        start_fleet_parts(fleet, url)
         wait_for(emulator_url + "/_emulator/health", emulator)
         for workers in WORKERS:
             for result in run_worker_count(workers, url, lines_file, emulator_url):
                 results.append(result)
                 print(json.dumps(result.__dict__), flush=True)
     finally:
+        fleet.close()
         emulator.terminate()
         emulator.wait(10)
     table = report(results)
     print(table)
-    if CASES == DEFAULT_CASES and WORKERS == [1, 2]:
+    if CASES == DEFAULT_CASES:
         write_doc(table)
     return 0
 

@@ -77,7 +77,7 @@ def _binary(name: str) -> str:
     return found
 
 
-def _pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Path) -> str:
+def start_pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Path) -> str:
     """PgBouncer in transaction mode in front of `database_url`; returns its URL."""
     parts = urlsplit(asyncpg_dsn(database_url))
     socket_dir = parse_qs(parts.query).get("host", [None])[0]
@@ -106,7 +106,7 @@ def _pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Path) ->
     return f"postgresql://{user}{password}@127.0.0.1:{port}/{dbname}"
 
 
-def _redis(stack: ExitStack, logs: Path) -> str:
+def start_redis(stack: ExitStack, logs: Path) -> str:
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
     port = free_port()
@@ -175,8 +175,8 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
         key = _new_key(settings)
         logs = settings.orbit_data_dir.resolve() / "cluster"
         logs.mkdir(parents=True, exist_ok=True)
-        pooled = _pgbouncer(stack, direct, folder, logs)
-        redis_url = _redis(stack, logs)
+        pooled = start_pgbouncer(stack, direct, folder, logs)
+        redis_url = start_redis(stack, logs)
         env = os.environ | {
             "DATABASE_URL": pooled,
             "DATABASE_LISTEN_URL": direct,
