@@ -24,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -388,14 +389,18 @@ def start_fleet_parts(stack: ExitStack, url: str) -> None:
     from orbit_dev.cluster import start_pgbouncer, start_redis
 
     variants = {case.partition("+")[2] for case in CASES}
-    folder = WORK / "fleet"
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o777)  # PgBouncer runs as postgres
+    # PgBouncer runs as postgres (it refuses root): a folder it can reach and write.
+    folder = Path(tempfile.mkdtemp(prefix="orbit-bench-fleet-"))
+    folder.chmod(0o777)
+    stack.callback(shutil.rmtree, folder, True)
     if "redis" in variants:
         VARIANTS["redis"] = VARIANTS["ratelimit"] | {"REDIS_URL": start_redis(stack, folder)}
     if "pgbouncer" in variants:
+        own = folder / "pgbouncer"  # its files; our logs of it stay beside
+        own.mkdir()
+        own.chmod(0o777)
         VARIANTS["pgbouncer"] = {
-            "DATABASE_URL": start_pgbouncer(stack, url, folder, folder),
+            "DATABASE_URL": start_pgbouncer(stack, url, own, folder),
             "DB_PREPARED_STATEMENTS": "false",
             # LISTEN needs a session of its own: Postgres itself.
             "DATABASE_LISTEN_URL": url,
