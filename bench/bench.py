@@ -6,10 +6,11 @@
   random completed exports from 1,000 organizations with their API key or JWT.
 - Cases, alternating in one run: floor, service with API keys, service with JWTs, and the
   s3 signer (STORAGE_SIGNER=s3) with URLs reused per file and signed on every request
-  (EXPORT_URL_CACHE_SIZE=0); with 1 worker and with WEB_CONCURRENCY=2. Each case gets warm-up
-  rounds of BENCH_WARMUP_SECONDS until one makes no B2 call (every worker then holds a token
-  for every file: the steady state the service is built for). Then BENCH_ROUNDS (4) rounds
-  measure each case for BENCH_SECONDS (10), the cases interleaved and their order rotated.
+  (EXPORT_URL_CACHE_SIZE=0); with 1 worker (BENCH_WORKERS=1,2 adds WEB_CONCURRENCY=2). Each
+  case gets warm-up rounds of BENCH_WARMUP_SECONDS until one makes no B2 call (every worker
+  then holds a token for every file: the steady state the service is built for). Then
+  BENCH_ROUNDS (4) rounds measure each case for BENCH_SECONDS (10), the cases interleaved and
+  their order rotated.
 - Storage is the B2 emulator; its request log gives the B2 calls made during measured runs.
 - Writes docs/performance.md (between markers) with the figures.
 """
@@ -76,7 +77,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     # REDIS_URL).
     "ratelimit": {"RATE_LIMIT_PER_MINUTE": "1000000", "RATE_LIMIT_BURST": "1000000"},
 }
-WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")]
+# All eight default cases with two workers each would need more than Postgres's default 100
+# connections: BENCH_WORKERS=2 with a few BENCH_CASES.
+WORKERS = [int(w) for w in os.environ.get("BENCH_WORKERS", "1").split(",")]
 
 
 def database_url() -> str:
@@ -251,7 +254,11 @@ def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url
         "RATE_LIMIT_PER_MINUTE": "0",
         "LOG_LEVEL": "WARNING",
         "WEB_CONCURRENCY": str(workers),
-        "DB_POOL_SIZE": "10",
+        # Every case's server runs at once against one Postgres (max_connections 100 by
+        # default): 8 connections per process keep them all under it. Past it, the servers
+        # that open connections last get "too many clients", answered as 503s.
+        "DB_POOL_SIZE": str(max(2, 8 // workers)),
+        "DB_MAX_OVERFLOW": "0",
     }
     case, _, variant = case.partition("+")
     env |= VARIANTS.get(variant, {})
