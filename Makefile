@@ -85,7 +85,8 @@ fleet-tools: ## install Debian's haproxy, pgbouncer and redis-server when missin
 
 fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run, default 120)
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-120} \
-	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/system/test_fuzz.py tests/api/test_hostile_input.py
+	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/system/test_fuzz.py tests/api/test_hostile_input.py \
+	  --timeout=$$(( $${FUZZ_MAX_TIME:-120} * 2 + 300 ))
 
 soak: $(STAMP) ## a few minutes of mixed traffic on a real multi-worker server (SOAK_SECONDS=180)
 	$(BIN)/python bench/soak.py
