@@ -190,14 +190,14 @@ class B2Client:
                 # b2sdk's own judgement of a transient failure: 5xx, 429, connection errors.
                 self.breaker.record_failure(retry_after=exc.retry_after_seconds)
                 logger.warning("B2 call failed: %s", type(exc).__name__)
-                raise self._unavailable() from None
+                raise StorageUnavailable(self.breaker.retry_after()) from None
             self.breaker.record_neutral()
             logger.warning("B2 refused to sign a file: %s", type(exc).__name__)
             raise StorageError() from None
         except TimeoutError:
             self.breaker.record_failure()
             logger.warning("B2 call exceeded %.1fs deadline", self._timeout)
-            raise self._unavailable() from None
+            raise StorageUnavailable(self.breaker.retry_after()) from None
         except asyncio.CancelledError:
             # The caller went away: a half-open trial must not stay "running" forever.
             self.breaker.record_neutral()
@@ -207,13 +207,9 @@ class B2Client:
             # (malformed JSON has surfaced as TypeError and AttributeError): B2 misbehaving.
             self.breaker.record_failure()
             logger.warning("B2 call failed: %s", type(exc).__name__)
-            raise self._unavailable() from None
+            raise StorageUnavailable(self.breaker.retry_after()) from None
         self.breaker.record_success()
         return token
-
-    def _unavailable(self) -> StorageUnavailable:
-        state = self.breaker.state
-        return StorageUnavailable(self.breaker.retry_after() if state == "open" else 1)
 
     def download_url(self, bucket_name: str, file_name: str) -> str:
         """The file's download URL by name, without authorization (known once authorized)."""
