@@ -11,7 +11,6 @@ docs/performance.md has what each costs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,9 +19,12 @@ from app.core.clock import utc_now
 from app.core.errors import StorageError
 from app.core.settings import Settings
 from app.storage.signer import (
+    NOT_ONE_FILE,
     SignedDownload,
+    clamped_ttl,
     content_disposition,
     names_one_file,
+    signed_download,
 )
 from app.storage.token_cache import InMemoryTokenCache, SignedToken
 
@@ -66,9 +68,7 @@ class S3Signer:
         self, bucket_name: str, file_name: str, not_after: datetime | None
     ) -> SignedDownload:
         if not names_one_file(file_name):
-            raise StorageError(
-                "This export's file name does not name one file; it cannot be signed."
-            )
+            raise StorageError(NOT_ONE_FILE)
         key = (bucket_name, file_name)
         # Read before signing: botocore stamps the URL with its own (later) time, so the
         # expiry reported is never later than the real one.
@@ -76,21 +76,11 @@ class S3Signer:
         token = await self._cache.get(key, now, not_after)
         reused = token is not None
         if token is None:
-            ttl = self._ttl
-            if not_after is not None:
-                ttl = min(ttl, math.floor((not_after - now).total_seconds()))
-            if ttl < 1:
-                raise ValueError("no time left to sign a URL for")
-            token = SignedToken(
-                self.presign(bucket_name, file_name, ttl), now + timedelta(seconds=ttl)
-            )
+            ttl = clamped_ttl(self._ttl, now, not_after)
+            url = self.presign(bucket_name, file_name, ttl)
+            token = SignedToken(url, now + timedelta(seconds=ttl))
             await self._cache.put(key, token)
-        remaining = math.floor((token.expires_at - now).total_seconds())
-        if remaining < 1:
-            raise ValueError("no time left to sign a URL for")
-        return SignedDownload(
-            url=token.url, expires_at=token.expires_at, ttl_seconds=remaining, reused=reused
-        )
+        return signed_download(token, now, reused)
 
     def presign(self, bucket_name: str, file_name: str, ttl: int) -> str:
         """A presigned GET of exactly `file_name`, valid `ttl` seconds from now."""

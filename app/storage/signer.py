@@ -52,6 +52,26 @@ class SignedDownload:
     reused: bool = False
 
 
+def clamped_ttl(ttl: int, now: datetime, not_after: datetime | None) -> int:
+    """`ttl`, shortened so the URL never outlives `not_after`; ValueError when under 1 s."""
+    if not_after is not None:
+        ttl = min(ttl, math.floor((not_after - now).total_seconds()))
+    if ttl < 1:
+        raise ValueError("no time left to sign a URL for")
+    return ttl
+
+
+def signed_download(token: SignedToken, now: datetime, reused: bool) -> SignedDownload:
+    """What the route returns for `token` at `now`: its true remaining lifetime (ValueError
+    when under 1 s)."""
+    remaining = math.floor((token.expires_at - now).total_seconds())
+    if remaining < 1:
+        raise ValueError("no time left to sign a URL for")
+    return SignedDownload(
+        url=token.url, expires_at=token.expires_at, ttl_seconds=remaining, reused=reused
+    )
+
+
 class UrlSigner(Protocol):
     """What the route asks for a download URL: `DownloadSigner` (B2's native API) or
     `S3Signer` (B2's S3-compatible API), chosen by STORAGE_SIGNER."""
@@ -95,12 +115,7 @@ class DownloadSigner:
         reused = token is not None
         if token is None:
             token = await self._single_flight(key, file_name, bucket_name, now, not_after)
-        remaining = math.floor((token.expires_at - now).total_seconds())
-        if remaining < 1:
-            raise ValueError("no time left to sign a URL for")
-        return SignedDownload(
-            url=token.url, expires_at=token.expires_at, ttl_seconds=remaining, reused=reused
-        )
+        return signed_download(token, now, reused)
 
     async def _single_flight(
         self,
@@ -145,11 +160,7 @@ class DownloadSigner:
         now: datetime,
         not_after: datetime | None,
     ) -> SignedToken:
-        ttl = self._ttl
-        if not_after is not None:
-            ttl = min(ttl, math.floor((not_after - now).total_seconds()))
-        if ttl < 1:
-            raise ValueError("no time left to sign a URL for")
+        ttl = clamped_ttl(self._ttl, now, not_after)
         disposition = content_disposition(file_name)
         value = await self._b2.download_authorization(bucket_name, file_name, ttl, disposition)
         base = self._b2.download_url(bucket_name, file_name)
