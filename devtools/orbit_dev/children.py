@@ -124,7 +124,7 @@ def start_seaweedfs(bucket: str, data_dir: Path) -> subprocess.Popen[bytes]:
         "S3_ADDRESSING_STYLE": "path",
     }
     from app.core.settings import Settings
-    from app.storage.s3_signer import s3_client
+    from orbit_dev.s3 import s3_client
 
     client = s3_client(Settings())
     progress("starting SeaweedFS (a local S3 server)...")

@@ -9,7 +9,7 @@ from app.core.settings import Settings
 def upload(settings: Settings, bucket_name: str, file_name: str, data: bytes) -> str | None:
     """Upload `data`; returns B2's file id (None through the S3 API, which has none)."""
     if settings.storage_signer == "s3":
-        from app.storage.s3_signer import s3_client
+        from orbit_dev.s3 import s3_client
 
         s3_client(settings).put_object(
             Bucket=bucket_name, Key=file_name, Body=data, ContentType="text/csv"
