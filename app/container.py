@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.api.health import Readiness
 from app.api.metrics_endpoint import MetricsAccess
@@ -39,6 +39,9 @@ from app.storage.b2_client import B2Client
 from app.storage.shared_token_cache import RedisTokenCache
 from app.storage.signer import DownloadSigner, UrlSigner
 from app.storage.token_cache import InMemoryTokenCache, TokenCache
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger("app.main")
 
@@ -99,15 +102,18 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         api_keys = DatabaseApiKeys(db)
     background.append(api_keys.run)
     # One Redis client for the fleet's shared state, when there is a fleet.
-    redis = None
+    redis = limiter_redis = None
     if settings.redis_url is not None:
-        redis = redis_client(settings.redis_url.get_secret_value(), settings.redis_timeout_seconds)
+        url, timeout = settings.redis_url.get_secret_value(), settings.redis_timeout_seconds
+        redis = redis_client(url, timeout)
+        # The rate limiter sends one batch at a time (app/auth/shared_rate_limit.py).
+        limiter_redis = redis_client(url, timeout, single_connection=True)
 
-    def guard(component: str) -> RedisGuard:
-        assert redis is not None
+    def guard(component: str, client: Redis | None) -> RedisGuard:
+        assert client is not None
         count = partial(metrics.observe_shared_state_fallback, component)
         return RedisGuard(
-            redis,
+            client,
             component,
             timeout=settings.redis_timeout_seconds,
             on_fallback=count if settings.metrics_enabled else None,
@@ -118,7 +124,9 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         per_minute, burst = settings.rate_limit_per_minute, settings.rate_limit_burst
         rate_limiter = InMemoryRateLimiter(per_minute, burst)
         if redis is not None:
-            rate_limiter = RedisRateLimiter(guard("rate_limit"), per_minute, burst, rate_limiter)
+            rate_limiter = RedisRateLimiter(
+                guard("rate_limit", limiter_redis), per_minute, burst, rate_limiter
+            )
     authenticator = Authenticator(JwtVerifier(settings, jwks), api_keys, rate_limiter)
 
     observe_b2 = metrics.observe_b2_call if settings.metrics_enabled else None
@@ -132,7 +140,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     token_cache: TokenCache = local_tokens
     if redis is not None:
         token_cache = RedisTokenCache(
-            guard("download_tokens"),
+            guard("download_tokens", redis),
             local_tokens,
             wait_seconds=settings.storage_timeout_seconds,
         )
@@ -187,6 +195,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             task.cancel()
         if b2 is not None:
             b2.close()
-        if redis is not None:
-            await redis.aclose()
+        for client in (redis, limiter_redis):
+            if client is not None:
+                await client.aclose()
         await db.close()

