@@ -95,6 +95,7 @@ bench: $(STAMP) ## wrk against the floor on 1,000,000 rows; writes docs/performa
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/s3_signing.py
+	$(BIN)/python bench/framework_costs.py
 
 # service.txt: the image; run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools.
 lock: $(STAMP) ## recompile requirements/*.txt (hashed) from pyproject.toml
