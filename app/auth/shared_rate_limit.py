@@ -19,6 +19,8 @@ import asyncio
 import math
 from functools import partial
 
+from redis.exceptions import ResponseError
+
 from app.auth.rate_limit import InMemoryRateLimiter
 from app.core.shared_state import RedisGuard, Unavailable
 
@@ -94,7 +96,7 @@ class RedisRateLimiter:
                 else:
                     for (_, decision), wait in zip(batch, waits, strict=True):
                         if not decision.done():  # its request may have been cancelled
-                            decision.set_result(int(wait))
+                            decision.set_result(wait)
                 batch = []
         finally:
             # Cancelled (the process stops) or a bug: nobody is left waiting; they fall back.
@@ -103,8 +105,11 @@ class RedisRateLimiter:
             self._sender = None
 
     async def _decide(self, keys: list[str]) -> list[int]:
-        waits: list[int] = await self._script(keys=keys, args=[self._interval_ms, self._burst])
-        return waits
+        waits = await self._script(keys=keys, args=[self._interval_ms, self._burst])
+        if not isinstance(waits, list) or len(waits) != len(keys):
+            # Not our script's answer (another script under its name?): an outage, not a 500.
+            raise ResponseError("the rate-limit script answered something else")
+        return [int(wait) for wait in waits]
 
 
 def _fail(batch: list[tuple[str, asyncio.Future[int]]]) -> None:
