@@ -16,6 +16,7 @@ once per batch instead of once per request (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 from functools import partial
 
@@ -74,7 +75,9 @@ class RedisRateLimiter:
         decision: asyncio.Future[int] = loop.create_future()
         self._waiting.append((KEY_PREFIX + credential, decision))
         if self._sender is None:
-            self._sender = loop.create_task(self._send_batches())
+            # A context of its own: it serves many requests, not the one that started it (whose
+            # request id would otherwise be on the sender's log lines).
+            self._sender = loop.create_task(self._send_batches(), context=contextvars.Context())
         try:
             wait_ms = await decision
         except Unavailable:
@@ -106,10 +109,12 @@ class RedisRateLimiter:
 
     async def _decide(self, keys: list[str]) -> list[int]:
         waits = await self._script(keys=keys, args=[self._interval_ms, self._burst])
+        # Not our script's answer (another script under its name?): an outage, not a 500.
         if not isinstance(waits, list) or len(waits) != len(keys):
-            # Not our script's answer (another script under its name?): an outage, not a 500.
             raise ResponseError("the rate-limit script answered something else")
-        return [int(wait) for wait in waits]
+        if not all(isinstance(wait, int) for wait in waits):
+            raise ResponseError("the rate-limit script answered something else")
+        return waits
 
 
 def _fail(batch: list[tuple[str, asyncio.Future[int]]]) -> None:

@@ -183,15 +183,21 @@ async def test_waiting_checks_fall_back_when_the_sender_is_stopped(redis_proxy: 
 async def test_an_answer_that_is_not_the_scripts_falls_back(redis_url: str) -> None:
     """Another script stored under our script's hash (or anything else answering) is treated as
     Redis being unavailable: the local bucket decides, nothing raises."""
+    now = [100.0]
     client = redis_client(redis_url, 0.5)
     limiter = RedisRateLimiter(
-        RedisGuard(client, "rate_limit", timeout=0.5), 60, 1, InMemoryRateLimiter(60, 5)
+        RedisGuard(client, "rate_limit", timeout=0.5, monotonic=lambda: now[0]),
+        60,
+        1,
+        InMemoryRateLimiter(60, 5, monotonic=lambda: now[0]),
     )
-    limiter._script.sha = await client.script_load("return 'not a list'")
     credential = f"test:{uuid.uuid4()}"
     try:
-        # Redis's burst of 1 would refuse the second; the local bucket (burst 5) allows both.
-        assert await limiter.retry_after(credential) is None
-        assert await limiter.retry_after(credential) is None
+        # Not a list; a list of the wrong length; a list of strings.
+        for impostor in ("return 'not a list'", "return {}", "return {'x'}"):
+            limiter._script.sha = await client.script_load(impostor)
+            now[0] += 2  # past the pause after the previous failure: Redis is asked again
+            # Redis's burst of 1 would refuse all but the first; the local bucket allows.
+            assert await limiter.retry_after(credential) is None
     finally:
         await client.aclose()
