@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 COLD = """
 import time
@@ -45,18 +46,22 @@ def cold_start() -> tuple[float, float]:
     return runs[2]
 
 
-def per_url() -> tuple[float, float]:
-    """Microseconds per presigned URL, and per reuse of a cached one (InMemoryTokenCache.get)."""
+def _settings() -> Any:
     from app.core.settings import Settings
-    from app.storage.s3_signer import S3Signer
-    from app.storage.token_cache import InMemoryTokenCache
 
-    settings = Settings(  # type: ignore[call-arg]
+    return Settings(  # type: ignore[call-arg]
         _env_file=None, storage_signer="s3",
         s3_endpoint_url="https://s3.us-west-004.backblazeb2.com", s3_region="us-west-004",
         s3_access_key_id="004abc", s3_secret_access_key=BENCH_SECRET,
     )  # fmt: skip
-    signer = S3Signer(settings, InMemoryTokenCache(10_000, 600))
+
+
+def per_url() -> tuple[float, float]:
+    """Microseconds per presigned URL, and per reuse of a cached one (InMemoryTokenCache.get)."""
+    from app.storage.s3_signer import S3Signer
+    from app.storage.token_cache import InMemoryTokenCache
+
+    signer = S3Signer(_settings(), InMemoryTokenCache(10_000, 600))
     n = 3000
     started = time.perf_counter()
     for i in range(n):
@@ -75,14 +80,9 @@ def per_url() -> tuple[float, float]:
 
 def botocore_per_url() -> float:
     """Microseconds per URL from botocore's `generate_presigned_url`, the same inputs."""
-    import botocore.session
-    from botocore.config import Config
+    from orbit_dev.s3 import s3_client
 
-    client = botocore.session.get_session().create_client(
-        "s3", region_name="us-west-004", endpoint_url="https://s3.us-west-004.backblazeb2.com",
-        aws_access_key_id="004abc", aws_secret_access_key=BENCH_SECRET,
-        config=Config(signature_version="s3v4"),
-    )  # fmt: skip
+    client = s3_client(_settings())
     n = 1000
     started = time.perf_counter()
     for i in range(n):

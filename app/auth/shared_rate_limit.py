@@ -110,9 +110,11 @@ class RedisRateLimiter:
     async def _decide(self, keys: list[str]) -> list[int]:
         waits = await self._script(keys=keys, args=[self._interval_ms, self._burst])
         # Not our script's answer (another script under its name?): an outage, not a 500.
-        if not isinstance(waits, list) or len(waits) != len(keys):
-            raise ResponseError("the rate-limit script answered something else")
-        if not all(isinstance(wait, int) for wait in waits):
+        if not (
+            isinstance(waits, list)
+            and len(waits) == len(keys)
+            and all(isinstance(wait, int) for wait in waits)
+        ):
             raise ResponseError("the rate-limit script answered something else")
         return waits
 

@@ -228,8 +228,7 @@ def test_urls_match_botocores_presigner(make_settings: MakeSettings, style: str,
     """botocore's presigner is the reference: the same host, path and query, parameter for
     parameter; the signatures differ only by the second each was computed in (checked by
     SeaweedFS in the tests above)."""
-    import botocore.session
-    from botocore.config import Config
+    from orbit_dev.s3 import s3_client
 
     settings = make_settings(
         storage_signer="s3",
@@ -237,17 +236,8 @@ def test_urls_match_botocores_presigner(make_settings: MakeSettings, style: str,
         s3_region="us-west-004",
         s3_addressing_style=style,
     )
-    key_id, secret = settings.s3_credentials
-    reference = botocore.session.get_session().create_client(
-        "s3",
-        region_name="us-west-004",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        config=Config(signature_version="s3v4", s3={"addressing_style": style}),
-    )
     theirs = urlsplit(
-        reference.generate_presigned_url(
+        s3_client(settings).generate_presigned_url(
             "get_object",
             Params={
                 "Bucket": "orbit-exports",
