@@ -116,9 +116,14 @@ async def test_an_expired_url_is_refused(make_settings: MakeSettings, s3_server:
     name = folder() + "soon.csv"
     await asyncio.to_thread(s3_server.put, name, b"brief\n")
     signer = S3Signer(s3_settings(make_settings, s3_server), InMemoryTokenCache(0, 0))
-    url = signer.presign(S3_BUCKET, name, 1)
+    # X-Amz-Date is truncated to the second: a 1 s URL could be valid for only a few ms, less
+    # than a loaded machine takes to send the first download. 3 s leaves at least 2.
+    url = signer.presign(S3_BUCKET, name, 3)
     assert (await download(url)).status_code == 200
-    await asyncio.sleep(2.1)  # S3 counts whole seconds: past X-Amz-Date + 1 s, for certain
+    signed_at = datetime.strptime(parse_qs(urlsplit(url).query)["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+    expired_at = signed_at.replace(tzinfo=UTC) + timedelta(seconds=3)
+    # S3 counts whole seconds: a second past the expiry, for certain.
+    await asyncio.sleep((expired_at - datetime.now(UTC)).total_seconds() + 1.1)
     assert (await download(url)).status_code == 403
 
 
