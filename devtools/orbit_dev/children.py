@@ -28,11 +28,25 @@ def persistent_secret(path: Path) -> str:
     return secret
 
 
+# Ports this process has handed out or was told to keep for the service. The kernel may hand a
+# just-released port out again, and a child listening on the service's own port would answer
+# its requests (it happened in CI: SeaweedFS's S3 port was the demo's API port).
+_TAKEN: set[int] = set()
+
+
+def keep_free(port: int) -> None:
+    """Never hand out `port` (nor use it as SeaweedFS's gRPC port + 10000)."""
+    _TAKEN.add(port)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _TAKEN:
+            _TAKEN.add(port)
+            return port
 
 
 def start_emulator(bucket: str, cors_origins: list[str]) -> subprocess.Popen[bytes]:
@@ -68,13 +82,14 @@ def _seaweedfs_ports() -> list[int]:
     found: list[int] = []
     while len(found) < 4:
         port = free_port()
-        if port >= 55536 or port in found:
+        if port >= 55536 or port + 10000 in _TAKEN:
             continue
         with socket.socket() as grpc:
             try:
                 grpc.bind(("127.0.0.1", port + 10000))
             except OSError:
                 continue
+        _TAKEN.add(port + 10000)
         found.append(port)
     return found
 

@@ -32,7 +32,7 @@ from app.cli.common import (
     uuid_argument,
 )
 from app.core.settings import Settings, get_settings
-from orbit_dev.children import persistent_secret, start_emulator, start_seaweedfs
+from orbit_dev.children import keep_free, persistent_secret, start_emulator, start_seaweedfs
 from orbit_dev.uploads import upload
 
 # --- run (the demo) --------------------------------------------------------------------------
@@ -45,6 +45,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     os.environ["DATABASE_URL"] = ready_database_url(settings)
     if settings.jwt_secret is None:
         os.environ["JWT_SECRET"] = persistent_secret(settings.orbit_data_dir / "jwt-secret")
+    host, port = args.host or settings.host, args.port or settings.port
+    keep_free(port)
     emulator = None
     try:
         if args.signer == "s3":
@@ -53,7 +55,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             emulator = start_emulator(args.bucket, settings.cors_allow_origins)
         get_settings.cache_clear()
         settings = get_settings()
-        host, port = args.host or settings.host, args.port or settings.port
         data = demo.seed(settings, args.bucket)
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         print(demo.instructions(data, f"http://{shown_host}:{port}"), flush=True)  # noqa: T201

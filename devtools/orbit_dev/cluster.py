@@ -30,7 +30,7 @@ from app.cli.common import in_transaction, progress, ready_database_url
 from app.core.process import die_with_parent
 from app.core.settings import Settings, get_settings
 from app.db.engine import asyncpg_dsn
-from orbit_dev.children import free_port
+from orbit_dev.children import free_port, keep_free
 
 REPLICAS = 3
 
@@ -157,6 +157,7 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
     if settings.jwt_secret is None:
         os.environ["JWT_SECRET"] = persistent_secret(settings.orbit_data_dir / "jwt-secret")
     port = args.port or settings.port
+    keep_free(port)
     stop = {"now": False}
     # Ctrl-C and SIGTERM end the wait below, so everything is stopped in order, not from
     # wherever a KeyboardInterrupt would land.

@@ -76,12 +76,15 @@ def start(data_dir: Path, extra_env: dict[str, str] | None = None, *args: str) -
     demo = Demo(proc, output, port)
     base = f"http://127.0.0.1:{port}"
     while True:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         try:
-            httpx.get(base + "/livez", timeout=1)
-            return demo
+            live = httpx.get(base + "/livez", timeout=1)
         except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
+            continue
+        # Our service, not a child that took its port.
+        assert live.status_code == 200 and live.json()["data"]["status"] == "ok", live.text
+        return demo
 
 
 def family(proc: subprocess.Popen[str], data_dir: Path) -> list[psutil.Process]:
@@ -237,3 +240,33 @@ def test_demo_emulator_starts_with_a_key_that_looks_like_an_option(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_demos_children_never_take_the_services_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may hand a just-released port out again: in CI SeaweedFS got the demo's API
+    port and answered its requests. Ports kept for the service, ports already handed out and
+    SeaweedFS's gRPC ports (+ 10000) are skipped."""
+    from orbit_dev import children
+
+    kernel = iter([8000, 41000, 41000, 31000, 41001, 42000, 43000, 44000, 45000])
+
+    class Socket:
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = address[1] or next(kernel)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(children, "_TAKEN", set())
+    monkeypatch.setattr(children.socket, "socket", Socket)
+    children.keep_free(8000)
+    children.keep_free(51001)  # 41001's gRPC port
+    assert children.free_port() == 41000  # not the kept 8000
+    # 41000 again and 31000 (its gRPC port 41000 is taken) are skipped, then 41001 (gRPC 51001).
+    assert children._seaweedfs_ports() == [42000, 43000, 44000, 45000]
