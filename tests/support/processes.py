@@ -1,4 +1,6 @@
-"""Real servers started by the tests: free ports, waiting for them, and `orbit-exports serve`."""
+"""Real servers started by the tests: free ports, waiting for them, and `orbit-exports serve`.
+
+`free_port` is the demo's: one set of handed-out ports for everything this process starts."""
 
 from __future__ import annotations
 
@@ -10,19 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from orbit_dev.children import free_port
 
 from tests.support.constants import CLI
 from tests.support.secrets import LOG_FILES
 
 # The `serve` process behind each server_process URL.
 SERVER_PIDS: dict[str, int] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_http(url: str, timeout: float = 15.0) -> None:
