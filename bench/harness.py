@@ -1,21 +1,17 @@
-"""What `bench.py` and `soak.py` share: free loopback ports, waiting for a process to answer,
-and writing measured figures into a docs page between `<!-- NAME:start/end -->` markers."""
+"""What `bench.py` and `soak.py` share: free loopback ports (the dev tools' `free_port`, which
+never hands the same port out twice), waiting for a process to answer, and writing measured
+figures into a docs page between `<!-- NAME:start/end -->` markers."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+from orbit_dev.children import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["free_port", "replace_section", "wait_for"]
 
 
 def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
