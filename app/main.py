@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # collector's full passes, which otherwise walk it all and stall requests (the p99
             # of make bench).
             gc.freeze()
+            gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
             with health.draining_on_sigterm(components.readiness):
                 yield
 

@@ -4,7 +4,8 @@
   seeded once with BENCH_ROWS (default 1,000,000) exports over 10,000 organizations.
 - Requests: wrk, 64 connections, each request a random line of a list of BENCH_SAMPLE (3,000)
   random completed exports from 1,000 organizations with their API key or JWT.
-- Cases, alternating in one run: floor, service with API keys, service with JWTs, and the
+- Cases, alternating in one run: floor, service with API keys (also with Python's default GC
+  threshold, the A/B of GC_GEN0_THRESHOLD), service with JWTs, and the
   s3 signer (STORAGE_SIGNER=s3) with URLs reused per file and signed on every request
   (EXPORT_URL_CACHE_SIZE=0); with 1 worker (BENCH_WORKERS=1,2 adds WEB_CONCURRENCY=2). Each
   case gets warm-up rounds of BENCH_WARMUP_SECONDS until one makes no B2 call (every worker
@@ -57,7 +58,8 @@ B2_KEY_ID, B2_KEY = "bench-key-id", "bench-application-key"
 EMULATOR_ADMIN = {"Authorization": f"Bearer {B2_KEY}"}
 WORK = ROOT / "bench" / "results"
 # For quick comparisons while working on the hot path; the doc is written only by a full run.
-DEFAULT_CASES = ["floor", "key", "jwt", "key+ratelimit", "key+redis", "key+pgbouncer"]
+DEFAULT_CASES = ["floor", "key", "key+gc700", "jwt", "key+ratelimit", "key+redis"]
+DEFAULT_CASES += ["key+pgbouncer"]
 DEFAULT_CASES += ["key+s3", "key+s3cold"]
 CASES = os.environ.get("BENCH_CASES", ",".join(DEFAULT_CASES)).split(",")
 # "case+variant": the case with these settings (A/Bs in one interleaved run).
@@ -71,6 +73,8 @@ S3 = {
 VARIANTS: dict[str, dict[str, str]] = {
     "h11": {"HTTP_PARSER": "h11"},
     "httptools": {"HTTP_PARSER": "httptools"},
+    # Python's own young-generation threshold, against the service's default (GC_GEN0_THRESHOLD).
+    "gc700": {"GC_GEN0_THRESHOLD": "700"},
     "s3": S3,
     "s3cold": S3 | {"EXPORT_URL_CACHE_SIZE": "0"},
     # A limit no request reaches: its cost, not its refusals (one Redis call per request with
@@ -362,6 +366,7 @@ def report(results: list[Result]) -> str:
     names = {
         "floor": "floor (FastAPI + asyncpg, PK select)",
         "key": "service, API key",
+        "key+gc700": "service, API key, Python's default GC threshold (700)",
         "jwt": "service, JWT",
         "key+redis": "service, API key, rate limit on, REDIS_URL set (fleet-wide limit, tokens)",
         "key+pgbouncer": "service, API key, PgBouncer (transaction mode), no prepared statements",

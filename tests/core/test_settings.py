@@ -181,3 +181,11 @@ def test_the_s3_signer_needs_an_endpoint_a_region_and_credentials() -> None:
     fallback = {k: v for k, v in complete.items() if not k.startswith("s3_access")}
     fallback.pop("s3_secret_access_key")
     assert make(**fallback, **b2_key).s3_credentials == ("004b2", "K004b2secret")
+
+
+@pytest.mark.parametrize("threshold", [0, 99, 10_000_001])
+def test_a_gc_threshold_outside_its_bounds_is_refused(threshold: int) -> None:
+    """0 would switch the collector off, and cyclic garbage would never be freed."""
+    with pytest.raises(ValidationError) as refused:
+        make(gc_gen0_threshold=threshold)
+    assert "GC_GEN0_THRESHOLD" in describe_invalid_settings(refused.value)
