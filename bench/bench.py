@@ -58,9 +58,10 @@ B2_KEY_ID, B2_KEY = "bench-key-id", "bench-application-key"
 EMULATOR_ADMIN = {"Authorization": f"Bearer {B2_KEY}"}
 WORK = ROOT / "bench" / "results"
 # For quick comparisons while working on the hot path; the doc is written only by a full run.
-DEFAULT_CASES = ["floor", "key", "key+gc700", "jwt", "key+ratelimit", "key+redis"]
-DEFAULT_CASES += ["key+pgbouncer"]
-DEFAULT_CASES += ["key+s3", "key+s3cold"]
+DEFAULT_CASES = [
+    "floor", "key", "key+gc700", "jwt", "key+ratelimit", "key+redis", "key+pgbouncer",
+    "key+s3", "key+s3cold",
+]  # fmt: skip
 CASES = os.environ.get("BENCH_CASES", ",".join(DEFAULT_CASES)).split(",")
 # "case+variant": the case with these settings (A/Bs in one interleaved run).
 S3 = {
