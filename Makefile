@@ -52,12 +52,16 @@ migration: $(STAMP) ## autogenerate a revision from app/db/tables.py: make migra
 	$(BIN)/orbit-exports migrate
 	$(BIN)/alembic -c migrations/alembic.ini revision --autogenerate -m "$(m)"
 
-lint: $(STAMP) ## ruff, ruff format --check, mypy --strict, import-linter, hadolint
+lint: $(STAMP) ## ruff, ruff format --check, mypy --strict, import-linter, hadolint, OpenAPI drift
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy app devtools/orbit_dev
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/orbit-dev openapi --check contract/openapi.json
+
+openapi: $(STAMP) ## write the service's OpenAPI document to contract/openapi.json
+	$(BIN)/orbit-dev openapi --output contract/openapi.json
 
 test: $(STAMP) lint ## lint, then the whole suite (the browser and PgBouncer tests where they can run)
 	@$(MAKE) --no-print-directory browser || echo "make test: chromium could not be installed here (needs root and apt); the browser test will be skipped"
@@ -110,4 +114,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-.PHONY: help install run cluster serve migrate migration lint test browser fleet-tools fuzz soak bench lock lowest format
+.PHONY: help install run cluster serve migrate migration lint openapi test browser fleet-tools fuzz soak bench lock lowest format

@@ -31,8 +31,8 @@ from app.auth.shared_rate_limit import RedisRateLimiter
 from app.core import metrics
 from app.core.settings import Settings
 from app.core.shared_state import RedisGuard, redis_client
+from app.db.connection import database_url
 from app.db.database import Database
-from app.db.engine import database_url
 from app.db.notifications import listen_forever
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client

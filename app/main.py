@@ -9,35 +9,42 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.middleware import Middleware
 
 from app.api import health, metrics_endpoint
 from app.api.cors import DashboardCORSMiddleware
-from app.api.errors import (
-    RequestLimitsMiddleware,
-    UnexpectedErrorMiddleware,
-    install_error_handlers,
-)
+from app.api.errors import install_error_handlers
 from app.api.request_context import RequestContextMiddleware
+from app.api.request_limits import RequestLimitsMiddleware
+from app.api.unexpected_errors import UnexpectedErrorMiddleware
 from app.auth.dependencies import SECURITY_SCHEMES
 from app.auth.middleware import AuthenticationMiddleware
 from app.container import open_components
 from app.core import metrics
 from app.core.logs import configure_logging
 from app.core.process import stop_with_supervisor
-from app.core.settings import Settings, describe_invalid_settings, get_settings
+from app.core.settings import (
+    ConfigurationError,
+    Settings,
+    describe_invalid_settings,
+    get_settings,
+    report_configuration_error,
+)
 from app.exports import router as exports
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for `settings`; ConfigurationError when they cannot serve."""
     settings = settings or get_settings()
+    settings.check_serving()
     # Worker processes start fresh: give them the same log setup as the command.
     configure_logging(settings.log_level, settings.log_format)
 
@@ -62,25 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Get a stored audience export with a fresh signed Backblaze B2 download URL.",
         lifespan=lifespan,
+        middleware=middleware_stack(settings),
+        # Generated clients name their methods after the route: `get_stored_export`.
+        generate_unique_id_function=operation_id,
         # FastAPI's OpenTelemetry hook looks up providers on every request; metrics are ours.
         telemetry={"tracing": False, "metrics": False, "logs": False},
-    )
-    # Innermost first: the caller is resolved after CORS preflights are answered, inside the
-    # request id's context.
-    app.add_middleware(AuthenticationMiddleware)
-    # Inside CORS: an unexpected 500, an overload 503 still carry the dashboard's CORS headers.
-    app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(
-        RequestLimitsMiddleware,
-        max_in_flight=settings.max_concurrent_requests,
-        max_header_bytes=settings.max_header_bytes,
-    )
-    if settings.cors_allow_origins:
-        app.add_middleware(DashboardCORSMiddleware, origins=settings.cors_allow_origins)
-    # Added last, so outermost: every response, CORS rejections included, gets its request id.
-    app.add_middleware(
-        RequestContextMiddleware,
-        observe=metrics.observe_request if settings.metrics_enabled else None,
     )
     install_error_handlers(app)
     app.include_router(exports.router)
@@ -89,6 +82,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics_endpoint.router)
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+def middleware_stack(settings: Settings) -> list[Middleware]:
+    """Every middleware of ours, outermost first: each request passes them in this order."""
+    cors = (
+        [Middleware(DashboardCORSMiddleware, origins=settings.cors_allow_origins)]
+        if settings.cors_allow_origins
+        else []
+    )
+    return [
+        # The request id, common headers, access line and metrics for every answer below,
+        # CORS refusals included.
+        Middleware(
+            RequestContextMiddleware,
+            observe=metrics.observe_request if settings.metrics_enabled else None,
+        ),
+        *cors,
+        # Inside CORS: an overload 503 or an unexpected 500 still carries the dashboard's
+        # CORS headers.
+        Middleware(
+            RequestLimitsMiddleware,
+            max_in_flight=settings.max_concurrent_requests,
+            max_header_bytes=settings.max_header_bytes,
+        ),
+        Middleware(UnexpectedErrorMiddleware),
+        # The caller, resolved before routing for the `CurrentPrincipal` dependency.
+        Middleware(AuthenticationMiddleware),
+    ]
+
+
+def operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -105,11 +130,11 @@ def _app_from_environment() -> FastAPI:
     """The app for `uvicorn app.main:app`: invalid settings end the process with one line
     (exit code 2), never with pydantic's traceback, which quotes the values, secrets included."""
     try:
-        settings = get_settings()
+        return create_app(get_settings())
     except ValidationError as exc:
-        print(f"configuration error: {describe_invalid_settings(exc)}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(2) from None
-    return create_app(settings)
+        raise SystemExit(report_configuration_error(describe_invalid_settings(exc))) from None
+    except ConfigurationError as exc:
+        raise SystemExit(report_configuration_error(str(exc))) from None
 
 
 app = _app_from_environment()

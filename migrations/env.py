@@ -18,7 +18,7 @@ def _url() -> str:
     if url:
         return str(url)
     from app.core.settings import get_settings
-    from app.db.engine import database_url
+    from app.db.connection import database_url
 
     return database_url(get_settings())
 

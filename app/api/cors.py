@@ -11,15 +11,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import error_response
-from app.core.errors import ApiError
+from app.core.errors import CorsRejected
 
 ALLOWED_REQUEST_HEADERS = ["Authorization", "X-API-Key", "X-Request-ID"]
-
-
-class CorsRejected(ApiError):
-    status_code = 403
-    code = "CORS_REJECTED"
-    default_message = "This cross-origin request is not allowed."
 
 
 class DashboardCORSMiddleware(CORSMiddleware):

@@ -1,7 +1,7 @@
 """The contract's envelope: `meta` for every response and the error body, and the headers every
 response carries.
 
-See `shared/spec/get-stored-export.openapi.yaml`; names and nullability must not drift from it.
+See `contract/get-stored-export.openapi.yaml`; names and nullability must not drift from it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.requests import Request
 
+from app.core import request_state
 from app.core.clock import utc_now
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -48,10 +49,12 @@ def choose_request_id(raw: str | None) -> str:
 
 
 def request_id(request: Request) -> str:
-    rid = getattr(request.state, "request_id", None)
+    state = request.scope.setdefault("state", {})
+    rid = state.get(request_state.REQUEST_ID)
     if rid is None:
-        rid = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
-        request.state.request_id = rid
+        rid = state[request_state.REQUEST_ID] = choose_request_id(
+            request.headers.get(REQUEST_ID_HEADER)
+        )
     return str(rid)
 
 

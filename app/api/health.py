@@ -14,16 +14,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from app.api.envelope import ApiErrorResponse, ApiMeta, envelope_meta
-from app.core.errors import ApiError
+from app.core.errors import NotReady
 
 router = APIRouter(tags=["Health"])
-
-
-class NotReady(ApiError):
-    status_code = 503
-    code = "NOT_READY"
-    default_message = "The service is not ready to serve requests."
-    retry_after = 5
 
 
 @dataclass(slots=True)

@@ -11,7 +11,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.envelope import STATIC_HEADERS, choose_request_id
+from app.core import request_state
 from app.core.logs import current_request_id
+from app.core.principal import Principal
 
 access_log = logging.getLogger("app.access")
 
@@ -43,7 +45,7 @@ class RequestContextMiddleware:
                 break
         rid = choose_request_id(raw_id)
         state = scope.setdefault("state", {})
-        state["request_id"] = rid
+        state[request_state.REQUEST_ID] = rid
         context_token = current_request_id.set(rid)
         extra = [*_STATIC_RAW, (b"x-request-id", rid.encode("latin-1"))]
         started = time.perf_counter()
@@ -74,10 +76,13 @@ def _log_request(scope: Scope, state: dict[str, Any], status: int, seconds: floa
     if not access_log.isEnabledFor(logging.INFO):
         return
     route = scope.get("route")
-    principal = state.get("principal")
-    is_key = getattr(principal, "method", None) == "api_key"
+    # Who called, never with what.
+    principal = state.get(request_state.AUTH)
+    if not isinstance(principal, Principal):
+        principal = None
+    is_key = principal is not None and principal.method == "api_key"
     fields = {
-        "request_id": state.get("request_id"),
+        "request_id": state.get(request_state.REQUEST_ID),
         "method": scope.get("method"),
         "route": getattr(route, "path", None),
         "status": status,
@@ -87,8 +92,8 @@ def _log_request(scope: Scope, state: dict[str, Any], status: int, seconds: floa
         # The key's id and visible prefix only, never the key.
         "api_key_id": getattr(principal, "actor_id", None) if is_key else None,
         "api_key_prefix": getattr(principal, "key_prefix", None),
-        "b2": state.get("b2"),
-        "error_code": state.get("error_code"),
+        "b2": state.get(request_state.SIGNING),
+        "error_code": state.get(request_state.ERROR_CODE),
     }
     access_log.info(
         "%s %s %s", scope.get("method"), fields["route"] or "-", status, extra={"fields": fields}

@@ -22,13 +22,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import RowMapping, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    RowMapping,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth.rate_limit import InMemoryRateLimiter
-from app.core.clock import utc_now
+from app.core.clock import Clock, utc_now
 from app.core.ttl_cache import TtlCache
 from app.db.database import Database
+from app.db.statements import compiled
 from app.db.tables import api_keys
 
 logger = logging.getLogger("app.api_keys")
@@ -110,7 +123,7 @@ class CachedApiKeys:
         ttl: float,
         db: Database,
         max_size: int = 10_000,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl
@@ -178,9 +191,7 @@ class CachedApiKeys:
             known: set[int] = set()
             after = ""
             while True:
-                # In pages along the key_hash index: each statement stays short, however many
-                # keys there are.
-                rows = await self._db.fetch_all(_ACTIVE_HASHES_SQL, after, _HASHES_PER_PAGE)
+                rows = await self._db.fetch_all(ACTIVE_HASHES_SQL, after, _HASHES_PER_PAGE)
                 known.update(_short(row[0]) for row in rows)
                 if len(rows) < _HASHES_PER_PAGE:
                     break
@@ -294,16 +305,37 @@ async def revoke_api_key(conn: AsyncConnection, key_id: uuid.UUID) -> ApiKeyReco
     return None if row is None else _record(row._mapping)
 
 
-# Constant SQL of this module; every value is a bind parameter.
-_ACTIVE = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
-_COLUMNS = "key_hash, id, organization_id, prefix, expires_at"
-_FIND_ACTIVE_KEY_SQL = f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = $1 AND {_ACTIVE}"  # noqa: S608
-_ACTIVE_HASHES_SQL = (
-    f"SELECT key_hash FROM api_keys WHERE key_hash > $1 AND {_ACTIVE}"  # noqa: S608
-    " ORDER BY key_hash LIMIT $2"
+_ACTIVE = and_(
+    api_keys.c.revoked_at.is_(None),
+    or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > func.now()),
+)
+_OWNER_COLUMNS = (
+    api_keys.c.key_hash,
+    api_keys.c.id,
+    api_keys.c.organization_id,
+    api_keys.c.prefix,
+    api_keys.c.expires_at,
+)
+FIND_ACTIVE_KEY_SQL = compiled(
+    select(*_OWNER_COLUMNS).where(api_keys.c.key_hash == bindparam("key_hash"), _ACTIVE),
+    "key_hash",
+)
+FIND_ACTIVE_KEYS_SQL = compiled(
+    select(*_OWNER_COLUMNS).where(
+        api_keys.c.key_hash == any_(bindparam("key_hashes", type_=ARRAY(Text))), _ACTIVE
+    ),
+    "key_hashes",
+)
+# In pages along the key_hash index: each statement stays short, however many keys there are.
+ACTIVE_HASHES_SQL = compiled(
+    select(api_keys.c.key_hash)
+    .where(api_keys.c.key_hash > bindparam("after"), _ACTIVE)
+    .order_by(api_keys.c.key_hash)
+    .limit(bindparam("page_size")),
+    "after",
+    "page_size",
 )
 _HASHES_PER_PAGE = 10_000
-_FIND_ACTIVE_KEYS_SQL = f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ANY($1) AND {_ACTIVE}"  # noqa: S608
 
 
 def _owner(row: Any) -> ApiKeyOwner:
@@ -316,12 +348,12 @@ def _owner(row: Any) -> ApiKeyOwner:
 
 
 async def find_active_key(db: Database, key_hash: str) -> ApiKeyOwner | None:
-    row = await db.fetch_row(_FIND_ACTIVE_KEY_SQL, key_hash)
+    row = await db.fetch_row(FIND_ACTIVE_KEY_SQL, key_hash)
     return None if row is None else _owner(row)
 
 
 async def find_active_keys(db: Database, key_hashes: list[str]) -> dict[str, ApiKeyOwner]:
-    rows = await db.fetch_all(_FIND_ACTIVE_KEYS_SQL, key_hashes)
+    rows = await db.fetch_all(FIND_ACTIVE_KEYS_SQL, key_hashes)
     return {row["key_hash"]: _owner(row) for row in rows}
 
 

@@ -19,9 +19,10 @@ from fastapi import Depends, Request
 
 from app.auth.api_keys import KEY_PREFIX, ApiKeyResolver, hash_key
 from app.auth.jwt_verifier import JwtVerifier
-from app.auth.principal import Principal
 from app.auth.rate_limit import RateLimiter
+from app.core import request_state
 from app.core.errors import RateLimited, Unauthorized
+from app.core.principal import Principal
 
 # The contract's security schemes, published in /openapi.json by `app.main`. They are not
 # FastAPI Security dependencies: the headers are parsed below anyway, so that each malformed
@@ -118,7 +119,7 @@ class Authenticator:
 async def current_principal(request: Request) -> Principal:
     """The caller `AuthenticationMiddleware` resolved for this request, rate-limited; 401 with
     the reason when there is none."""
-    outcome = request.scope["state"].get("auth")
+    outcome = request.scope["state"].get(request_state.AUTH)
     if outcome is None:
         raise Unauthorized("Authenticate with X-API-Key: sk_... or Authorization: Bearer <JWT>.")
     if not isinstance(outcome, Principal):

@@ -14,8 +14,8 @@ from typing import Any
 import jwt
 from jwt.types import Options
 
-from app.auth.principal import Principal
 from app.core.errors import Unauthorized
+from app.core.principal import Principal
 from app.core.settings import HMAC_ALGORITHMS, Settings
 from app.core.ttl_cache import TtlCache
 

@@ -1,16 +1,15 @@
 """Resolves the caller once per request, before routing, as polar's server does: a pure-ASGI
-middleware leaves the outcome in `scope["state"]["auth"]` (a `Principal`, the `ApiError` that
-explains why not, or nothing when no credentials were sent), and the `CurrentPrincipal`
-dependency only reads it. Routes that do not depend on it ignore the outcome."""
+middleware leaves the outcome in the request's state (`request_state.AUTH`: a `Principal`, the
+`ApiException` that explains why not, or nothing when no credentials were sent), and the
+`CurrentPrincipal` dependency only reads it. Routes that do not depend on it ignore it."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.dependencies import Authenticator
-from app.core.errors import ApiError
-
-AUTH_STATE = "auth"
+from app.core import request_state
+from app.core.errors import ApiException
 
 
 class AuthenticationMiddleware:
@@ -23,12 +22,7 @@ class AuthenticationMiddleware:
             authenticator: Authenticator = scope["app"].state.authenticator
             state = scope.setdefault("state", {})
             try:
-                principal = await authenticator.authenticate(scope["headers"])
-            except ApiError as error:  # an outage while checking a key included: raised later
-                state[AUTH_STATE] = error
-            else:
-                state[AUTH_STATE] = principal
-                if principal is not None:
-                    # For the access log: who called, never with what.
-                    state["principal"] = principal
+                state[request_state.AUTH] = await authenticator.authenticate(scope["headers"])
+            except ApiException as error:  # an outage while checking a key included
+                state[request_state.AUTH] = error
         await self.app(scope, receive, send)

@@ -15,8 +15,13 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.logs import configure_logging
-from app.core.settings import Settings, describe_invalid_settings, get_settings
-from app.db.embedded import EmbeddedPostgresMissing
+from app.core.settings import (
+    ConfigurationError,
+    Settings,
+    describe_invalid_settings,
+    get_settings,
+    report_configuration_error,
+)
 
 T = TypeVar("T")
 
@@ -52,9 +57,8 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     configure_logging(settings.log_level, settings.log_format)
     try:
         result: int = args.handler(args, settings)
-    except EmbeddedPostgresMissing as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+    except ConfigurationError as exc:
+        return report_configuration_error(str(exc))
     return result
 
 
@@ -63,7 +67,7 @@ def load_settings() -> Settings | None:
     try:
         return get_settings()
     except ValidationError as exc:
-        print(f"configuration error: {describe_invalid_settings(exc)}", file=sys.stderr)  # noqa: T201
+        report_configuration_error(describe_invalid_settings(exc))
         return None
 
 

@@ -6,23 +6,18 @@ import argparse
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from app.cli.common import ready_database_url
-from app.core.process import SUPERVISOR_PID_ENV
-from app.core.settings import Settings, get_settings
-
-# Read by prometheus-client when it is first imported (app/core/metrics.py).
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
+from app.core.process import METRICS_DIR_ENV, SUPERVISOR_PID_ENV
+from app.core.settings import ConfigurationError, Settings, get_settings
 
 # The files prometheus-client's multiprocess mode writes: `<type>_<pid>.db`.
 _SAMPLE_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")
 
 
-class MetricsDirNotOurs(Exception):
+class MetricsDirNotOurs(ConfigurationError):
     """PROMETHEUS_MULTIPROC_DIR holds files the service did not write."""
 
 
@@ -90,16 +85,13 @@ def run_server(settings: Settings, host: str, port: int) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        run_server(settings, args.host or settings.host, args.port or settings.port)
-    except MetricsDirNotOurs as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+    settings.check_serving()
+    run_server(settings, args.host or settings.host, args.port or settings.port)
     return 0
 
 
 def migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from app.db.engine import database_url, redact
+    from app.db.connection import database_url, redact
     from app.db.migrations import run_migrations
 
     url = database_url(settings)

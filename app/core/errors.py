@@ -1,5 +1,6 @@
-"""The one error hierarchy. Raise a subclass of `ApiError` anywhere; never build an error
-response by hand: `app.api.errors` renders every one in the contract's envelope."""
+"""The one error hierarchy. Raise a subclass of `ApiException` anywhere; never build an error
+response by hand: `app.api.errors` renders every one in the contract's envelope (whose error
+body the contract calls `ApiError`, `app.api.envelope`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, ClassVar
 RETRY_AFTER_SECONDS = 5
 
 
-class ApiError(Exception):
+class ApiException(Exception):
     status_code: int = 500
     code: str = "INTERNAL_ERROR"
     default_message: ClassVar[str] = "The server could not complete the request."
@@ -25,7 +26,7 @@ class ApiError(Exception):
         return {"Retry-After": str(self.retry_after)}
 
 
-class Unauthorized(ApiError):
+class Unauthorized(ApiException):
     status_code = 401
     code = "UNAUTHORIZED"
     default_message = "Missing or invalid credentials."
@@ -34,13 +35,13 @@ class Unauthorized(ApiError):
         return {"WWW-Authenticate": "Bearer"}
 
 
-class ValidationFailed(ApiError):
+class ValidationFailed(ApiException):
     status_code = 422
     code = "VALIDATION_ERROR"
     default_message = "The request is not valid."
 
 
-class RateLimited(ApiError):
+class RateLimited(ApiException):
     status_code = 429
     code = "RATE_LIMITED"
     default_message = "Too many requests for this credential; slow down."
@@ -53,49 +54,49 @@ class RateLimited(ApiError):
         return {"Retry-After": str(self.wait)}
 
 
-class RouteNotFound(ApiError):
+class RouteNotFound(ApiException):
     status_code = 404
     code = "NOT_FOUND"
     default_message = "No such route."
 
 
-class MethodNotAllowed(ApiError):
+class MethodNotAllowed(ApiException):
     status_code = 405
     code = "METHOD_NOT_ALLOWED"
     default_message = "This method is not allowed on this route."
 
 
-class ExportNotFound(ApiError):
+class ExportNotFound(ApiException):
     status_code = 404
     code = "EXPORT_NOT_FOUND"
     default_message = "Export not found."
 
 
-class ExportExpired(ApiError):
+class ExportExpired(ApiException):
     status_code = 404
     code = "EXPORT_EXPIRED"
     default_message = "This export has expired and its file is no longer available."
 
 
-class ExportNotReady(ApiError):
+class ExportNotReady(ApiException):
     status_code = 409
     code = "EXPORT_NOT_READY"
     default_message = "This export is still being generated; try again shortly."
 
 
-class ExportFailed(ApiError):
+class ExportFailed(ApiException):
     status_code = 409
     code = "EXPORT_FAILED"
     default_message = "This export failed and has no file to download."
 
 
-class StorageNotConfigured(ApiError):
+class StorageNotConfigured(ApiException):
     status_code = 503
     code = "STORAGE_NOT_CONFIGURED"
     default_message = "Export storage (Backblaze B2) is not configured on this server."
 
 
-class StorageUnavailable(ApiError):
+class StorageUnavailable(ApiException):
     status_code = 503
     code = "STORAGE_UNAVAILABLE"
     default_message = "Export storage is unavailable; try again shortly."
@@ -109,7 +110,7 @@ class StorageUnavailable(ApiError):
         return {"Retry-After": str(self.wait)}
 
 
-class StorageError(ApiError):
+class StorageError(ApiException):
     status_code = 502
     code = "STORAGE_ERROR"
     default_message = (
@@ -117,21 +118,34 @@ class StorageError(ApiError):
     )
 
 
-class Overloaded(ApiError):
+class Overloaded(ApiException):
     status_code = 503
     code = "SERVER_OVERLOADED"
     default_message = "The server is handling too many requests; try again shortly."
     retry_after = 1
 
 
-class HeadersTooLarge(ApiError):
+class HeadersTooLarge(ApiException):
     status_code = 431
     code = "HEADERS_TOO_LARGE"
     default_message = "The request's headers are too large."
 
 
-class DatabaseUnavailable(ApiError):
+class DatabaseUnavailable(ApiException):
     status_code = 503
     code = "DATABASE_UNAVAILABLE"
     default_message = "The database is unavailable; try again shortly."
     retry_after = RETRY_AFTER_SECONDS
+
+
+class NotReady(ApiException):
+    status_code = 503
+    code = "NOT_READY"
+    default_message = "The service is not ready to serve requests."
+    retry_after = RETRY_AFTER_SECONDS
+
+
+class CorsRejected(ApiException):
+    status_code = 403
+    code = "CORS_REJECTED"
+    default_message = "This cross-origin request is not allowed."

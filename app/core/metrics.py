@@ -31,7 +31,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from app.core.process import METRICS_DIR_ENV
+
 # Worker-local gauges (pool, breaker) are refreshed this often, and on every scrape.
 SAMPLE_SECONDS = 1.0
 
@@ -163,7 +164,7 @@ class WorkerSampler:
 
 def exposition() -> tuple[bytes, str]:
     """The scrape's body and content type: every live worker's samples added up."""
-    if os.environ.get(MULTIPROC_DIR_ENV):
+    if os.environ.get(METRICS_DIR_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
@@ -173,5 +174,5 @@ def exposition() -> tuple[bytes, str]:
 
 def worker_exiting() -> None:
     """Drop this process's live gauges from the sums (multiprocess mode only)."""
-    if os.environ.get(MULTIPROC_DIR_ENV):
+    if os.environ.get(METRICS_DIR_ENV):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

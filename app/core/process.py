@@ -8,6 +8,9 @@ import sys
 
 # Set by `orbit-exports serve` to its own pid before uvicorn starts the workers.
 SUPERVISOR_PID_ENV = "ORBIT_SUPERVISOR_PID"
+# prometheus-client's multiprocess folder, shared by the workers of one `orbit-exports serve`
+# (app/cli/serve.py prepares it; app/core/metrics.py reads it).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def die_with_parent() -> None:

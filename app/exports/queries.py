@@ -1,8 +1,7 @@
 """The export lookup. Tenant scope lives in the WHERE clause: another organization's export,
 or one under a different audience or run, is simply not found.
 
-This is the one statement every request runs (`Database.fetch_row` says how it is sent). The
-column list comes from the table definition, so it cannot drift from the schema.
+This is the one statement every request runs (`Database.fetch_row` says how it is sent).
 """
 
 from __future__ import annotations
@@ -10,14 +9,23 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy import bindparam, select
+
 from app.db.database import Database
+from app.db.statements import compiled
 from app.db.tables import intent_audience_exports as exports
 
-_COLUMNS = ", ".join(column.name for column in exports.c)
-# Built from our own table definition at import time; every value is a bind parameter.
-FIND_EXPORT_SQL = (
-    f"SELECT {_COLUMNS} FROM {exports.name}"  # noqa: S608
-    " WHERE id = $1 AND organization_id = $2 AND audience_id = $3 AND run_id = $4"
+FIND_EXPORT_SQL = compiled(
+    select(exports).where(
+        exports.c.id == bindparam("id"),
+        exports.c.organization_id == bindparam("organization_id"),
+        exports.c.audience_id == bindparam("audience_id"),
+        exports.c.run_id == bindparam("run_id"),
+    ),
+    "id",
+    "organization_id",
+    "audience_id",
+    "run_id",
 )
 
 

@@ -1,7 +1,9 @@
 """GET /v1/intent/audiences/{id}/runs/{runId}/exports/{exportId}: the request path.
 
-authenticate (`CurrentPrincipal`) -> validate the path -> the scoped lookup (`queries`) ->
-the export's state -> a signed URL (`app.storage`) -> the `{data, meta}` envelope.
+`AuthenticationMiddleware` (app/auth/middleware.py) resolves the caller before routing ->
+`CurrentPrincipal` reads it (401 without one) and applies the rate limit -> FastAPI validates
+the path -> the scoped lookup (`queries`) -> the export's state -> a signed URL
+(`app.storage`) -> the `{data, meta}` envelope.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi import APIRouter, Path, Request
 
 from app.api.envelope import ApiErrorResponse, envelope_meta
 from app.auth.dependencies import SECURITY_REQUIREMENT, CurrentPrincipal
+from app.core import request_state
 from app.core.clock import utc_now
 from app.core.errors import (
     ExportExpired,
@@ -31,7 +34,7 @@ from app.exports.schemas import (
     IntentAudienceExportWithUrl,
     StoredExportResponse,
 )
-from app.storage.signer import UrlSigner
+from app.storage.signer import NoTimeLeft, UrlSigner
 
 logger = logging.getLogger("app.exports")
 router = APIRouter(tags=["Audience Builder"])
@@ -39,7 +42,7 @@ router = APIRouter(tags=["Audience Builder"])
 
 @dataclass(frozen=True, slots=True)
 class ExportBackends:
-    """What the route talks to, built by the composition root (`app.main`)."""
+    """What the route talks to, built by the composition root (`app.container`)."""
 
     database: Database
     # None when B2 is not configured: completed exports then answer 503.
@@ -104,7 +107,7 @@ async def get_stored_export(
     assert export.bucket_name is not None and export.file_name is not None
     try:
         signed = await backends.signer.sign(export.bucket_name, export.file_name, export.expires_at)
-    except ValueError:
+    except NoTimeLeft:
         # Expired between the check above and the signing clock read.
         raise ExportExpired() from None
     except StorageError:
@@ -112,7 +115,7 @@ async def get_stored_export(
         # bucket's key; the id says which (never the token, which was not issued).
         logger.warning("B2 refused to sign export %s", export_id)
         raise
-    request.state.b2 = "cached_token" if signed.reused else "minted"
+    request.scope["state"][request_state.SIGNING] = "cached_token" if signed.reused else "minted"
     return StoredExportResponse(
         data=IntentAudienceExportWithUrl(
             export=export,

@@ -1,6 +1,6 @@
 """Response bodies, field for field as in the contract.
 
-See `shared/spec/get-stored-export.openapi.yaml`; names and nullability must not drift from it.
+See `contract/get-stored-export.openapi.yaml`; names and nullability must not drift from it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from app.api.envelope import ApiMeta
+from app.db.tables import ExportStatus
 
 
 class CamelModel(BaseModel):
@@ -20,14 +21,14 @@ class CamelModel(BaseModel):
 
 
 # Fields the contract does not list as required default to None, so the generated OpenAPI
-# has the contract's `required` lists exactly (tests/test_openapi.py).
+# has the contract's `required` lists exactly (tests/api/test_openapi.py).
 class IntentAudienceExport(CamelModel):
     id: UUID
     organization_id: UUID
     audience_id: UUID
     run_id: UUID
     export_type: Literal["csv"]
-    status: Literal["processing", "completed", "failed"]
+    status: ExportStatus
     storage_provider: Literal["b2"]
     bucket_name: str | None = None
     file_id: str | None = None

@@ -126,5 +126,5 @@ def get_download_authorization(
     return token
 
 
-class MalformedB2Answer(ValueError):
+class MalformedB2Answer(Exception):
     """B2 answered 200 with JSON that does not say what the API promises."""

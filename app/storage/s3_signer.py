@@ -14,11 +14,10 @@ name. A URL is reused per file while it has at least EXPORT_URL_MIN_REMAINING_SE
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import quote, urlsplit
 
-from app.core.clock import utc_now
+from app.core.clock import Clock, utc_now
 from app.core.errors import StorageError
 from app.core.settings import Settings
 from app.storage.signer import (
@@ -58,7 +57,7 @@ class S3Signer:
         settings: Settings,
         cache: InMemoryTokenCache,
         *,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         # Imported here: only the s3 signer loads the runtime (0.07 s).
         from awscrt import auth, http

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Protocol
 from urllib.parse import quote, urlencode
 
-from app.core.clock import utc_now
+from app.core.clock import Clock, utc_now
 from app.core.errors import StorageError
 from app.storage.b2_client import B2Client
 from app.storage.token_cache import FileKey, SignedToken, TokenCache
@@ -43,6 +42,11 @@ def content_disposition(file_name: str) -> str:
     return value
 
 
+class NoTimeLeft(Exception):
+    """Less than a second is left before the export (or the reused URL) expires: no URL can be
+    handed out for it."""
+
+
 @dataclass(frozen=True, slots=True)
 class SignedDownload:
     url: str
@@ -53,20 +57,20 @@ class SignedDownload:
 
 
 def clamped_ttl(ttl: int, now: datetime, not_after: datetime | None) -> int:
-    """`ttl`, shortened so the URL never outlives `not_after`; ValueError when under 1 s."""
+    """`ttl`, shortened so the URL never outlives `not_after`; NoTimeLeft when under 1 s."""
     if not_after is not None:
         ttl = min(ttl, math.floor((not_after - now).total_seconds()))
     if ttl < 1:
-        raise ValueError("no time left to sign a URL for")
+        raise NoTimeLeft
     return ttl
 
 
 def signed_download(token: SignedToken, now: datetime, reused: bool) -> SignedDownload:
-    """What the route returns for `token` at `now`: its true remaining lifetime (ValueError
+    """What the route returns for `token` at `now`: its true remaining lifetime (NoTimeLeft
     when under 1 s)."""
     remaining = math.floor((token.expires_at - now).total_seconds())
     if remaining < 1:
-        raise ValueError("no time left to sign a URL for")
+        raise NoTimeLeft
     return SignedDownload(
         url=token.url, expires_at=token.expires_at, ttl_seconds=remaining, reused=reused
     )
@@ -87,7 +91,7 @@ class DownloadSigner:
         b2: B2Client,
         cache: TokenCache,
         ttl_seconds: int,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._b2 = b2
         self._cache = cache

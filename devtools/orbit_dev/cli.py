@@ -7,6 +7,8 @@
 - `b2-emulator`: the B2 native-API emulator on its own.
 - `token`: an HS256 dashboard JWT signed with JWT_SECRET.
 - `exports add`: upload a CSV to B2 and register its export row.
+- `openapi`: the service's OpenAPI document (`make openapi` writes `contract/openapi.json`,
+  `make lint` checks it is current).
 """
 
 from __future__ import annotations
@@ -183,6 +185,37 @@ def cmd_exports_add(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- openapi ---------------------------------------------------------------------------------
+
+
+def openapi_document() -> str:
+    """The service's /openapi.json as committed: built from the code alone (the document does
+    not depend on any setting), indented, one trailing newline."""
+    import json
+
+    from app.main import create_app
+
+    document = create_app(Settings(_env_file=None)).openapi()
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
+    document = openapi_document()
+    if args.check is not None:
+        if args.check.read_text() != document:
+            print(  # noqa: T201
+                f"{args.check} is not the service's current OpenAPI document: run `make openapi`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if args.output is not None:
+        args.output.write_text(document)
+    else:
+        sys.stdout.write(document)
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -268,6 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="B2 bucket of the demo export (default: DEMO_BUCKET, or orbit-exports)",
     )
     cluster.set_defaults(handler=_cluster)
+
+    openapi = sub.add_parser("openapi", help="print the service's OpenAPI document")
+    target = openapi.add_mutually_exclusive_group()
+    target.add_argument("--output", type=Path, help="write it to this file instead")
+    target.add_argument(
+        "--check", type=Path, help="exit 1 unless this file holds exactly the current document"
+    )
+    openapi.set_defaults(handler=cmd_openapi)
 
     emu = sub.add_parser("b2-emulator", help="run the B2 native-API emulator")
     emu.add_argument("--host", default="127.0.0.1", help="address to listen on")

@@ -29,7 +29,7 @@ import httpx
 from app.cli.common import in_transaction, progress, ready_database_url
 from app.core.process import die_with_parent
 from app.core.settings import Settings, get_settings
-from app.db.engine import asyncpg_dsn
+from app.db.connection import asyncpg_dsn
 from orbit_dev.children import free_port, keep_free
 
 REPLICAS = 3

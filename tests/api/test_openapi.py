@@ -4,11 +4,17 @@ Additions the service makes on purpose are listed in INTENDED_ADDITIONS."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.support.contract import EXPORT_PATH, spec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CONTRACT_SCHEMAS = [
     "IntentAudienceExportWithUrl",
@@ -90,3 +96,25 @@ async def test_export_operation_matches_the_contract(client: httpx.AsyncClient) 
     assert sorted(ok["required"]) == ["data", "meta"]
     assert ok["properties"]["data"]["$ref"].endswith("/IntentAudienceExportWithUrl")
     assert ok["properties"]["meta"]["$ref"].endswith("/ApiMeta")
+
+
+async def test_operations_have_clean_ids_for_generated_clients(client: httpx.AsyncClient) -> None:
+    ours = (await client.get("/openapi.json")).json()
+    ids = {path: op["operationId"] for path, item in ours["paths"].items() for op in item.values()}
+    assert ids == {EXPORT_PATH: "get_stored_export", "/livez": "livez", "/readyz": "readyz"}
+
+
+async def test_the_committed_openapi_document_is_the_services(client: httpx.AsyncClient) -> None:
+    committed = json.loads((ROOT / "contract" / "openapi.json").read_text())
+    assert committed == (await client.get("/openapi.json")).json()
+
+
+def test_the_drift_check_refuses_a_stale_document(tmp_path: Path) -> None:
+    stale = tmp_path / "openapi.json"
+    stale.write_text((ROOT / "contract" / "openapi.json").read_text().replace("get_stored", "x"))
+    command = [str(Path(sys.executable).parent / "orbit-dev"), "openapi", "--check", str(stale)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "make openapi" in result.stderr
+    stale.write_text((ROOT / "contract" / "openapi.json").read_text())
+    assert subprocess.run(command, timeout=60, check=False).returncode == 0

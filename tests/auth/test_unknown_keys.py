@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import httpx
 from sqlalchemy import text
 
-from app.auth.api_keys import generate_key
+from app.auth.api_keys import FIND_ACTIVE_KEY_SQL, generate_key
 from app.main import create_app
 from tests.support.app import MakeSettings, key_headers
 from tests.support.assertions import assert_unauthorized
@@ -35,7 +35,7 @@ async def counted(settings: object) -> AsyncIterator[tuple[httpx.AsyncClient, li
 
 
 def key_lookups(statements: list[str]) -> int:
-    return sum("key_hash = $1" in s for s in statements)
+    return statements.count(FIND_ACTIVE_KEY_SQL)
 
 
 async def test_random_keys_cost_at_most_a_small_budget_of_lookups(

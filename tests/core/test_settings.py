@@ -8,11 +8,18 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.core.settings import Settings, describe_invalid_settings
+from app.core.settings import ConfigurationError, Settings, describe_invalid_settings
 
 
 def make(**values: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def serving(**values: Any) -> Settings:
+    """Settings the API can serve with (what `serve` and `create_app` check)."""
+    settings = make(**values)
+    settings.check_serving()
+    return settings
 
 
 @pytest.mark.parametrize(
@@ -56,8 +63,8 @@ def test_unknown_or_empty_algorithms_are_refused(
 
 
 def test_asymmetric_algorithms_need_a_jwks_url() -> None:
-    with pytest.raises(ValidationError, match="JWT_JWKS_URL"):
-        make(jwt_algorithms=["RS256"])
+    with pytest.raises(ConfigurationError, match="JWT_JWKS_URL"):
+        serving(jwt_algorithms=["RS256"])
 
 
 def test_short_jwt_secret_is_refused() -> None:
@@ -86,12 +93,18 @@ def test_production_needs_a_database_url() -> None:
     assert production.port == 8000
 
 
-def test_production_metrics_need_a_token() -> None:
+def test_production_metrics_need_a_token_to_serve() -> None:
     production = {"environment": "production", "database_url": "postgresql://db/orbit"}
-    with pytest.raises(ValidationError, match="METRICS_TOKEN is required"):
-        make(**production)
-    assert make(**production, metrics_enabled=False).metrics_token is None
-    assert make(**production, metrics_token="m" * 16).metrics_enabled
+    with pytest.raises(ConfigurationError, match="METRICS_TOKEN is required"):
+        serving(**production)
+    assert serving(**production, metrics_enabled=False).metrics_token is None
+    assert serving(**production, metrics_token="m" * 16).metrics_enabled
+
+
+def test_commands_that_never_serve_need_no_serving_settings() -> None:
+    """A migration Job gets DATABASE_URL and the shared configuration, never METRICS_TOKEN."""
+    settings = make(environment="production", database_url="postgresql://db/orbit")
+    assert settings.metrics_enabled and settings.metrics_token is None
 
 
 def test_host_port_and_workers_come_from_the_env_file(
@@ -147,12 +160,12 @@ def test_a_jwks_in_production_needs_issuer_and_audience() -> None:
         "metrics_token": "m" * 16,
     }
     for missing in ({}, {"jwt_issuer": "https://idp.example/"}, {"jwt_audience": "orbit"}):
-        with pytest.raises(ValidationError, match="JWT_ISSUER and JWT_AUDIENCE are required"):
-            make(**production, **missing)
-    both = make(**production, jwt_issuer="https://idp.example/", jwt_audience="orbit")
+        with pytest.raises(ConfigurationError, match="JWT_ISSUER and JWT_AUDIENCE are required"):
+            serving(**production, **missing)
+    both = serving(**production, jwt_issuer="https://idp.example/", jwt_audience="orbit")
     assert both.jwt_audience == "orbit"
     # Development keeps the convenience of a JWKS alone.
-    assert make(**(production | {"environment": "development"})).jwt_issuer is None
+    assert serving(**(production | {"environment": "development"})).jwt_issuer is None
 
 
 def test_the_s3_signer_needs_an_endpoint_a_region_and_credentials() -> None:
@@ -164,23 +177,23 @@ def test_the_s3_signer_needs_an_endpoint_a_region_and_credentials() -> None:
         "s3_access_key_id": "004abc",
         "s3_secret_access_key": secret,
     }
-    assert make(**complete).s3_credentials == ("004abc", secret)
+    assert serving(**complete).s3_credentials == ("004abc", secret)
     for missing, named in (
         ("s3_endpoint_url", "S3_ENDPOINT_URL"),
         ("s3_region", "S3_REGION"),
         ("s3_access_key_id", "S3_ACCESS_KEY_ID"),
         ("s3_secret_access_key", "S3_SECRET_ACCESS_KEY"),
     ):
-        with pytest.raises(ValidationError, match=named) as refused:
-            make(**{k: v for k, v in complete.items() if k != missing})
-        assert secret not in describe_invalid_settings(refused.value)
-    with pytest.raises(ValidationError, match="S3_ENDPOINT_URL"):
-        make(**(complete | {"s3_endpoint_url": "s3.example.com"}))
+        with pytest.raises(ConfigurationError, match=named) as refused:
+            serving(**{k: v for k, v in complete.items() if k != missing})
+        assert secret not in str(refused.value)
+    with pytest.raises(ConfigurationError, match="S3_ENDPOINT_URL"):
+        serving(**(complete | {"s3_endpoint_url": "s3.example.com"}))
     # B2's application key is the default S3 credential.
     b2_key = {"b2_application_key_id": "004b2", "b2_application_key": "K004b2secret"}
     fallback = {k: v for k, v in complete.items() if not k.startswith("s3_access")}
     fallback.pop("s3_secret_access_key")
-    assert make(**fallback, **b2_key).s3_credentials == ("004b2", "K004b2secret")
+    assert serving(**fallback, **b2_key).s3_credentials == ("004b2", "K004b2secret")
 
 
 @pytest.mark.parametrize("threshold", [0, 99, 10_000_001])

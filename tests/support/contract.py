@@ -1,6 +1,7 @@
 """Validates response bodies against the binding contract.
 
-The contract is `shared/spec/get-stored-export.openapi.yaml`, beside this repository.
+The contract is `contract/get-stored-export.openapi.yaml`, the Orbit API's published contract
+for this endpoint, carried in the repository.
 
 Statuses the contract lists are checked against their own schema; every other status the
 service sends (401, 405, 422, 500, ...) must still be the contract's `ApiErrorResponse`.
@@ -8,7 +9,6 @@ service sends (401, 405, 422, 500, ...) must still be the contract's `ApiErrorRe
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,21 +24,12 @@ SPEC_URI = "urn:orbit:get-stored-export"
 EXPORT_PATH = "/v1/intent/audiences/{id}/runs/{runId}/exports/{exportId}"
 
 
-def spec_path() -> Path:
-    configured = os.environ.get("ORBIT_SPEC_PATH")
-    if configured:
-        return Path(configured)
-    here = Path(__file__).resolve().parents[2]
-    for candidate in (here.parent / "shared", here / "shared"):
-        path = candidate / "spec" / "get-stored-export.openapi.yaml"
-        if path.exists():
-            return path
-    raise FileNotFoundError("the contract (shared/spec/get-stored-export.openapi.yaml) is missing")
+CONTRACT = Path(__file__).resolve().parents[2] / "contract" / "get-stored-export.openapi.yaml"
 
 
 @cache
 def spec() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(spec_path().read_text())
+    loaded: dict[str, Any] = yaml.safe_load(CONTRACT.read_text())
     return loaded
 
 

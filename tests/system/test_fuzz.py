@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.contract import spec_path
+from tests.support.contract import CONTRACT
 from tests.support.world import Tenant, World
 
 ST = str(Path(sys.executable).parent / "st")
@@ -49,7 +49,7 @@ async def test_schemathesis_finds_nothing(
     command = [ST, "run", "--checks", "all", "--max-examples", MAX_EXAMPLES]
     command += ["--max-time", MAX_TIME, "--request-timeout", "10", "--seed", "20261128"]
     if schema == "contract":
-        command += [str(spec_path()), "--url", live_server]
+        command += [str(CONTRACT), "--url", live_server]
         command += ["--exclude-checks", "status_code_conformance"]
     else:
         command += [f"{live_server}/openapi.json"]
