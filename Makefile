@@ -13,7 +13,7 @@ LOCK := $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --universal -
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
@@ -32,7 +32,7 @@ $(STAMP): requirements/dev.txt pyproject.toml devtools/pyproject.toml | $(BIN)/p
 
 install: $(STAMP) ## create .venv from the lock files, with the dev tools and the developer tools
 
-run: $(RUN_STAMP) ## demo on 127.0.0.1:$$PORT (8000): embedded Postgres, B2 emulator, seeded data
+run: $(RUN_STAMP) ## demo on 127.0.0.1:PORT (8000): embedded Postgres, B2 emulator, seeded data
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev run
 
 run-s3: $(STAMP) ## the demo with STORAGE_SIGNER=s3 against a local SeaweedFS instead of the emulator
@@ -101,11 +101,14 @@ bench: $(STAMP) ## wrk against the floor on 1,000,000 rows; writes docs/performa
 	$(BIN)/python bench/s3_signing.py
 	$(BIN)/python bench/framework_costs.py
 
-# service.txt: the image; run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools.
+# service.txt: the image; run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools;
+# build.txt: the build backend of [build-system] (the image builds the wheels with it, hashed).
 lock: $(STAMP) ## recompile requirements/*.txt (hashed) from pyproject.toml
 	$(LOCK) -o requirements/service.txt
 	$(LOCK) --extra embedded -o requirements/run.txt
 	$(LOCK) --extra dev -o requirements/dev.txt
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(BIN)/uv pip compile - --python-version 3.11 --universal --generate-hashes -q -o requirements/build.txt
 
 lowest: $(STAMP) ## the lowest direct versions pyproject.toml allows: install, import, serve
 	PYTHON=$(PYTHON) .ci/lowest
@@ -114,4 +117,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-.PHONY: help install run cluster serve migrate migration lint openapi test browser fleet-tools fuzz soak bench lock lowest format
+.PHONY: help install run run-s3 cluster serve migrate migration lint openapi test browser fleet-tools fuzz soak bench lock lowest format

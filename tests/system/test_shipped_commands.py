@@ -1,0 +1,228 @@
+"""Each command the deployment files ship, run as they run it, with exactly the environment its
+file gives it: compose's services with `.env.example` as the `.env` (and JWT_SECRET set, as its
+first line asks), the Kubernetes Job and Deployment with the ConfigMap and the Secret's keys.
+Only addresses are replaced (Postgres, PgBouncer, Redis, the B2 hosts and the port, which
+exist only inside the stack), and the Secret's placeholders by values an operator would set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import shlex
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+from tests.fixtures.database import admin
+from tests.support.constants import CLI, DEV_CLI
+from tests.support.processes import free_port, wait_for_http
+from tests.support.secrets import LOG_FILES, SECRETS
+from tests.system.test_deploy import interpolate
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPORT = "/v1/intent/audiences/{a}/runs/{r}/exports/{e}"
+COMMANDS = {"orbit-exports": CLI, "orbit-dev": DEV_CLI}
+
+
+def env_example() -> dict[str, str]:
+    """.env.example as compose reads a .env copied from it: `NAME=value` lines."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z0-9_]+=", line))
+
+
+@pytest.fixture
+def fresh_database(server_url: str) -> Iterator[str]:
+    """An empty database for one stack: its own migrate service or Job creates the schema."""
+    name = f"orbit_shipped_{uuid.uuid4().hex[:12]}"
+    asyncio.run(admin(server_url, f'CREATE DATABASE "{name}"'))
+    yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def argv(command: Any) -> list[str]:
+    words = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+    return [COMMANDS[words[0]], *words[1:]]
+
+
+def with_option(words: list[str], option: str, value: str) -> list[str]:
+    """`words` with `option`'s value replaced (or the option added)."""
+    if option in words:
+        at = words.index(option)
+        return [*words[: at + 1], value, *words[at + 2 :]]
+    return [*words, option, value]
+
+
+def base_environment() -> dict[str, str]:
+    """What a container starts with besides its file's environment: a PATH, a HOME."""
+    import os
+
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}  # noqa: S108
+
+
+def run_to_completion(words: list[str], env: dict[str, str], cwd: Path) -> None:
+    result = subprocess.run(
+        words, env=base_environment() | env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, (words[1:], result.stdout[-2000:], result.stderr[-2000:])
+
+
+@contextlib.contextmanager
+def running(words: list[str], env: dict[str, str], cwd: Path, health: str) -> Iterator[None]:
+    """A long-running command, until its health URL answers, stopped at the end."""
+    log = cwd / f"{Path(words[0]).name}-{uuid.uuid4().hex[:6]}.log"
+    LOG_FILES.append(log)
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            words, env=base_environment() | env, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        try:
+            wait_for_http(health, timeout=60)
+        except httpx.TransportError:
+            pytest.fail(f"{words[1:]} did not start: {log.read_text()[-3000:]}")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def assert_serves(base: str, jwt_secret: str) -> None:
+    """Ready (database and storage), and the export route answers an authenticated caller."""
+    ready = httpx.get(f"{base}/readyz", timeout=5)
+    assert ready.status_code == 200, ready.text
+    token = jwt.encode(
+        {"sub": "shipped", "org_id": str(uuid.uuid4()), "exp": 2_000_000_000},
+        jwt_secret,
+        algorithm="HS256",
+    )
+    SECRETS.add(token)
+    ids = {k: uuid.uuid4() for k in "are"}
+    answer = httpx.get(
+        base + EXPORT.format(**ids), headers={"Authorization": f"Bearer {token}"}, timeout=5
+    )
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]["code"] == "EXPORT_NOT_FOUND"
+
+
+def test_the_compose_stack_runs_with_the_env_example(
+    fresh_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    dotenv = env_example() | {"JWT_SECRET": secrets.token_urlsafe(32)}
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = interpolate(raw, dotenv)["services"]
+    addresses = {"@postgres:": fresh_database, "@pgbouncer:": fresh_database}
+
+    def environment(name: str, b2_url: str) -> dict[str, str]:
+        env = {k: str(v) for k, v in services[name].get("environment", {}).items()}
+        for key in ("DATABASE_URL", "DATABASE_LISTEN_URL"):
+            if key in env:
+                env[key] = next(url for host, url in addresses.items() if host in env[key])
+        if "REDIS_URL" in env:
+            assert env["REDIS_URL"].startswith("redis://redis:")
+            env["REDIS_URL"] = redis_url
+        if env.get("B2_REALM") == "http://b2:9000":
+            env["B2_REALM"] = b2_url
+        return env
+
+    # The quick start (`cp .env.example .env`, then `--profile dev up`) talks to the emulator,
+    # with the emulator's own keys.
+    b2 = argv(services["b2"]["command"])
+    api = services["api"]["environment"]
+    assert api["B2_REALM"] == "http://b2:9000"
+    assert api["B2_APPLICATION_KEY_ID"] == b2[b2.index("--key-id") + 1]
+    assert api["B2_APPLICATION_KEY"] == b2[b2.index("--key") + 1]
+
+    b2_port = free_port()
+    b2_url = f"http://127.0.0.1:{b2_port}"
+    b2 = with_option(with_option(b2, "--port", str(b2_port)), "--host", "127.0.0.1")
+    run_to_completion(argv(services["migrate"]["command"]), environment("migrate", b2_url), tmp_path)
+    with running(b2, {}, tmp_path, f"{b2_url}/_emulator/health"):
+        for name in ("api", "replica-1", "demo"):
+            port = free_port()
+            words = with_option(argv(services[name]["command"]), "--port", str(port))
+            words = with_option(words, "--host", "127.0.0.1")
+            env = environment(name, b2_url)
+            with running(words, env, tmp_path, f"http://127.0.0.1:{port}/livez"):
+                assert_serves(f"http://127.0.0.1:{port}", env["JWT_SECRET"])
+
+
+def kubernetes() -> dict[str, dict[str, Any]]:
+    documents = (
+        yaml.safe_load(path.read_text())
+        for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+    )
+    return {d["kind"]: d for d in documents if "kind" in d}
+
+
+def operator_secret(placeholders: dict[str, str], addresses: dict[str, str]) -> dict[str, str]:
+    """The Secret as an operator creates it: real addresses, strong random secrets."""
+    values = {}
+    for name, placeholder in placeholders.items():
+        if name in addresses:
+            values[name] = addresses[name]
+        else:
+            assert "change-me" in placeholder, name
+            values[name] = secrets.token_urlsafe(32)
+    return values
+
+
+def container_environment(
+    container: dict[str, Any], config: dict[str, str], secret: dict[str, str]
+) -> dict[str, str]:
+    """What Kubernetes gives the container from `envFrom` and `env`."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= config
+        if "secretRef" in source:
+            env |= secret
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in item["valueFrom"]:
+            env[item["name"]] = secret[item["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            env[item["name"]] = config[item["valueFrom"]["configMapKeyRef"]["key"]]
+    return env
+
+
+def test_the_kubernetes_job_and_deployment_run_with_what_their_manifests_give(
+    fresh_database: str, redis_url: str, tmp_path: Path
+) -> None:
+    found = kubernetes()
+    config = dict(found["ConfigMap"]["data"])
+    b2_port = free_port()
+    b2_url = f"http://127.0.0.1:{b2_port}"
+    addresses = {
+        "DATABASE_URL": fresh_database,
+        "DATABASE_LISTEN_URL": fresh_database,
+        "REDIS_URL": redis_url,
+    }
+    secret = operator_secret(found["Secret"]["stringData"], addresses)
+    SECRETS.update(v for k, v in secret.items() if k not in addresses)
+
+    (job,) = found["Job"]["spec"]["template"]["spec"]["containers"]
+    run_to_completion(argv(job["command"]), container_environment(job, config, secret), tmp_path)
+
+    (api,) = found["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = container_environment(api, config, secret)
+    assert env["B2_REALM"] == "production"
+    port = free_port()
+    env |= {"B2_REALM": b2_url, "PORT": str(port)}
+    emulator = [DEV_CLI, "b2-emulator", "--port", str(b2_port), "--bucket", "orbit-exports"]
+    emulator += ["--key-id", env["B2_APPLICATION_KEY_ID"], "--key", env["B2_APPLICATION_KEY"]]
+    with (
+        running(emulator, {}, tmp_path, f"{b2_url}/_emulator/health"),
+        running(argv(api["command"]), env, tmp_path, f"http://127.0.0.1:{port}/livez"),
+    ):
+        assert_serves(f"http://127.0.0.1:{port}", env["JWT_SECRET"])
