@@ -39,7 +39,7 @@ run-s3: $(STAMP) ## the demo with STORAGE_SIGNER=s3 against a local SeaweedFS in
 	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev run --signer s3
 
 cluster: $(RUN_STAMP) fleet-tools ## 3 replicas behind HAProxy, through PgBouncer, with Redis, as local processes
-	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev cluster
+	LOG_FORMAT=$${LOG_FORMAT:-console} $(BIN)/orbit-dev cluster $(if $(filter 1,$(SMOKE)),--smoke)
 
 serve: $(RUN_STAMP) ## the API alone, configured from the environment (no demo data)
 	$(BIN)/orbit-exports serve
@@ -87,19 +87,31 @@ fleet-tools: ## install Debian's haproxy, pgbouncer and redis-server when missin
 		apt-get install -y -q haproxy pgbouncer redis-server >/dev/null 2>&1 || { \
 		apt-get update -q >/dev/null && apt-get install -y -q haproxy pgbouncer redis-server; }; }
 
+# The long runs: SMOKE=1 runs each for a few seconds on a few rows (`make smoke`, run by CI),
+# so a target that breaks fails CI the day it breaks.
+FUZZ_EXAMPLES := $(if $(filter 1,$(SMOKE)),5,1000)
+FUZZ_TIME := $(if $(filter 1,$(SMOKE)),3,120)
+FUZZ_PROFILE := $(if $(filter 1,$(SMOKE)),default,deep)
+
 fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run, default 120)
-	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-1000} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-120} \
-	HYPOTHESIS_PROFILE=deep $(BIN)/pytest -q tests/system/test_fuzz.py tests/api/test_hostile_input.py \
-	  --timeout=$$(( $${FUZZ_MAX_TIME:-120} * 2 + 300 ))
+	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-$(FUZZ_EXAMPLES)} FUZZ_MAX_TIME=$${FUZZ_MAX_TIME:-$(FUZZ_TIME)} \
+	HYPOTHESIS_PROFILE=$(FUZZ_PROFILE) $(BIN)/pytest -q tests/system/test_fuzz.py tests/api/test_hostile_input.py \
+	  --timeout=$$(( $${FUZZ_MAX_TIME:-$(FUZZ_TIME)} * 2 + 300 ))
 
 soak: $(STAMP) ## a few minutes of mixed traffic on a real multi-worker server (SOAK_SECONDS=180)
-	$(BIN)/python bench/soak.py
+	SMOKE=$(SMOKE) $(BIN)/python bench/soak.py
 
 bench: $(STAMP) ## wrk against the floor on 1,000,000 rows; writes docs/performance.md
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
-	$(BIN)/python bench/bench.py
-	$(BIN)/python bench/s3_signing.py
-	$(BIN)/python bench/framework_costs.py
+	SMOKE=$(SMOKE) $(BIN)/python bench/bench.py
+	SMOKE=$(SMOKE) $(BIN)/python bench/s3_signing.py
+	SMOKE=$(SMOKE) $(BIN)/python bench/framework_costs.py
+
+smoke: ## every long run (fuzz, soak, bench, cluster) for a few seconds: do they still work
+	$(MAKE) --no-print-directory fuzz SMOKE=1
+	$(MAKE) --no-print-directory soak SMOKE=1
+	$(MAKE) --no-print-directory bench SMOKE=1
+	$(MAKE) --no-print-directory cluster SMOKE=1
 
 # service.txt: the image; run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools;
 # build.txt: the build backend of [build-system] (the image builds the wheels with it, hashed).
@@ -117,4 +129,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-.PHONY: help install run run-s3 cluster serve migrate migration lint openapi test browser fleet-tools fuzz soak bench lock lowest format
+.PHONY: help install run run-s3 cluster serve migrate migration lint openapi test browser fleet-tools fuzz soak bench smoke lock lowest format

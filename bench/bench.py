@@ -14,6 +14,8 @@
   their order rotated.
 - Storage is the B2 emulator; its request log gives the B2 calls made during measured runs.
 - Writes docs/performance.md (between markers) with the figures.
+- SMOKE=1 (`make bench SMOKE=1`, run by CI): every case once, 1 s each, on 2,000 rows in their
+  own data folder; nothing is written.
 """
 
 from __future__ import annotations
@@ -39,17 +41,17 @@ import asyncpg
 import httpx
 import jwt
 import psutil
-from harness import free_port, replace_section, wait_for
+from harness import SMOKE, free_port, replace_section, smoke_or, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ROWS = int(os.environ.get("BENCH_ROWS", "1000000"))
-ORGS = 10_000
-KEYED_ORGS = 1_000
-SAMPLE = int(os.environ.get("BENCH_SAMPLE", "3000"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
-WARMUP = int(os.environ.get("BENCH_WARMUP_SECONDS", "15"))
+ROWS = int(smoke_or("BENCH_ROWS", "1000000", "2000"))
+ORGS = 10_000 if not SMOKE else 100
+KEYED_ORGS = 1_000 if not SMOKE else 50
+SAMPLE = int(smoke_or("BENCH_SAMPLE", "3000", "100"))
+SECONDS = int(smoke_or("BENCH_SECONDS", "10", "1"))
+ROUNDS = int(smoke_or("BENCH_ROUNDS", "4", "1"))
+WARMUP = int(smoke_or("BENCH_WARMUP_SECONDS", "15", "2"))
 WARMUP_ROUNDS = 6
 CONNECTIONS = 64
 BUCKET = "orbit-bench"
@@ -93,7 +95,8 @@ def database_url() -> str:
     from app.db.embedded import embedded_postgres_url
     from app.db.migrations import run_migrations
 
-    url = embedded_postgres_url(Path(os.environ.get("BENCH_DATA_DIR", ROOT / ".data-bench")))
+    default = ROOT / (".data-bench-smoke" if SMOKE else ".data-bench")
+    url = embedded_postgres_url(Path(os.environ.get("BENCH_DATA_DIR", default)))
     run_migrations(url)
     return url
 

@@ -4,6 +4,7 @@ worker memory over time, and writes the summary into docs/reliability.md.
 
     make soak                      # 180 s, 32 concurrent clients, WEB_CONCURRENCY=2
     SOAK_SECONDS=60 make soak
+    make soak SMOKE=1              # 5 s, 4 clients: does it still work (CI runs it)
 
 Traffic goes to 127.0.0.1 only; the loop is bounded by SOAK_SECONDS and stops by itself.
 """
@@ -29,20 +30,21 @@ from pathlib import Path
 import httpx
 import jwt
 import psutil
-from harness import free_port, replace_section, wait_for
+from harness import free_port, replace_section, smoke_or, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "orbit-exports")
-SECONDS = int(os.environ.get("SOAK_SECONDS", "180"))
-CLIENTS = int(os.environ.get("SOAK_CLIENTS", "32"))
+DEV_CLI = str(Path(sys.executable).parent / "orbit-dev")
+SECONDS = int(smoke_or("SOAK_SECONDS", "180", "5"))
+CLIENTS = int(smoke_or("SOAK_CLIENTS", "32", "4"))
 WORKERS = os.environ.get("SOAK_WORKERS", "2")
 JWT_SECRET = "soak-" + "s" * 40
 B2_KEY_ID, B2_KEY, BUCKET = "soak-key-id", "soak-application-key", "orbit-soak"
 
 
-def cli(env: dict[str, str], *args: str) -> str:
+def cli(env: dict[str, str], command: str, *args: str) -> str:
     return subprocess.run(
-        [CLI, *args], env=env, check=True, capture_output=True, text=True, timeout=120
+        [command, *args], env=env, check=True, capture_output=True, text=True, timeout=120
     ).stdout
 
 
@@ -62,11 +64,11 @@ def seed(env: dict[str, str], csv_path: Path) -> Fixture:
         base = f"/v1/intent/audiences/{audience}/runs/{run}/exports/"
         common = ["exports", "add", "--org", org, "--audience", audience, "--run", run]
         for _ in range(3):
-            row = cli(env, *common, "--bucket", BUCKET, "--file", str(csv_path))
+            row = cli(env, DEV_CLI, *common, "--bucket", BUCKET, "--file", str(csv_path))
             fixture.completed.append((org, base + re.findall(r'"id":"([^"]+)"', row)[0]))
-        row = cli(env, *common, "--bucket", BUCKET, "--status", "processing")
+        row = cli(env, DEV_CLI, *common, "--bucket", BUCKET, "--status", "processing")
         fixture.processing.append((org, base + re.findall(r'"id":"([^"]+)"', row)[0]))
-        key = cli(env, "api-keys", "create", "--org", org).strip().splitlines()[-1]
+        key = cli(env, CLI, "api-keys", "create", "--org", org).strip().splitlines()[-1]
         now = datetime.now(UTC)
         claims = {"sub": str(uuid.uuid4()), "org_id": org, "exp": now + timedelta(hours=2)}
         fixture.keys.append((org, key))
@@ -144,7 +146,7 @@ def main() -> int:
     }
     emulator = subprocess.Popen(
         [
-            *(CLI, "b2-emulator", "--port", str(emulator_port)),
+            *(DEV_CLI, "b2-emulator", "--port", str(emulator_port)),
             *("--key-id", B2_KEY_ID, "--key", B2_KEY, "--bucket", BUCKET),
         ]
     )

@@ -300,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("DEMO_BUCKET", "orbit-exports"),
         help="B2 bucket of the demo export (default: DEMO_BUCKET, or orbit-exports)",
     )
+    cluster.add_argument(
+        "--smoke",
+        action="store_true",
+        help="send the printed requests through HAProxy once, then stop (exit 1 unless all 200)",
+    )
     cluster.set_defaults(handler=_cluster)
 
     openapi = sub.add_parser("openapi", help="print the service's OpenAPI document")

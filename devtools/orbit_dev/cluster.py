@@ -148,6 +148,15 @@ def _new_key(settings: Settings) -> str:
     return key
 
 
+def _smoke(base: str, path: str, key: str, token: str) -> int:
+    """`--smoke` (`make cluster SMOKE=1`, run by CI): the printed requests answer 200 through
+    HAProxy, on every replica in turn (round robin); then everything stops."""
+    credentials = [{"X-API-Key": key}, {"Authorization": f"Bearer {token}"}] * REPLICAS
+    statuses = [httpx.get(base + path, headers=h, timeout=10).status_code for h in credentials]
+    progress(f"smoke: {len(statuses)} requests through HAProxy answered {sorted(set(statuses))}")
+    return 0 if set(statuses) == {200} else 1
+
+
 def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
     from orbit_dev import demo
     from orbit_dev.children import persistent_secret, start_emulator
@@ -215,6 +224,8 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
             "Stop with Ctrl-C.",
             flush=True,
         )
+        if args.smoke:
+            return _smoke(base, path, key, data.token)
         while not stop["now"]:
             time.sleep(0.2)
             for index, proc in enumerate(replicas):

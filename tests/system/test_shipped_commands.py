@@ -145,7 +145,9 @@ def test_the_compose_stack_runs_with_the_env_example(
     b2_port = free_port()
     b2_url = f"http://127.0.0.1:{b2_port}"
     b2 = with_option(with_option(b2, "--port", str(b2_port)), "--host", "127.0.0.1")
-    run_to_completion(argv(services["migrate"]["command"]), environment("migrate", b2_url), tmp_path)
+    run_to_completion(
+        argv(services["migrate"]["command"]), environment("migrate", b2_url), tmp_path
+    )
     with running(b2, {}, tmp_path, f"{b2_url}/_emulator/health"):
         for name in ("api", "replica-1", "demo"):
             port = free_port()
