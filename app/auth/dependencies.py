@@ -1,6 +1,6 @@
 """Who is calling: the one auth dependency (`CurrentPrincipal`) and the `Authenticator` behind it.
 
-Rules (also in the README):
+Rules (also in the README, "Authentication"):
 - `X-API-Key: sk_...` authenticates an organization API key; `Authorization: Bearer <JWT>`
   authenticates a dashboard user. Exactly one of the two may be sent; both at once is a 401,
   because the two could name different organizations.

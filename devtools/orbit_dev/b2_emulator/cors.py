@@ -15,7 +15,7 @@ DOWNLOAD_OPERATIONS = {"b2_download_file_by_name", "s3_get", "s3_head"}
 
 
 def dashboard_cors_rule(origins: list[str]) -> dict[str, Any]:
-    """The rule the README recommends for a bucket the dashboard downloads from."""
+    """The rule docs/operations.md recommends for a bucket the dashboard downloads from."""
     return {
         "corsRuleName": "dashboard-downloads",
         "allowedOrigins": origins,
