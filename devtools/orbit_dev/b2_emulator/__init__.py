@@ -72,7 +72,7 @@ def create_emulator(
 ) -> FastAPI:
     """`public_url` is the download base handed to clients, when they reach the emulator at
     another address than the API does (compose: `http://localhost:9000` vs `http://b2:9000`).
-    `cors_origins` gives the buckets docs/operations.md's download rule for those browser origins."""
+    `cors_origins` gives the buckets the download rule of docs/operations.md for those origins."""
     state = EmulatorState(key_id=key_id, key=key, public_url=public_url)
     rules = [dashboard_cors_rule(cors_origins)] if cors_origins else []
     for name in buckets or []:
