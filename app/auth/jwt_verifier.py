@@ -22,6 +22,10 @@ from app.core.ttl_cache import TtlCache
 logger = logging.getLogger("app.auth")
 
 _JWKS_MIN_REFRESH_INTERVAL = 30.0
+# The key type (and EC curve) each algorithm verifies with. PyJWT, handed a key of another
+# type, raises TypeError or ValueError rather than a PyJWTError; the mismatch is a 401 here.
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 # Distinct tokens remembered per worker; beyond it the least recently used are verified again.
 VERIFIED_TOKENS_CACHED = 10_000
 
@@ -147,6 +151,14 @@ class JwksCache:
             await self.try_refresh()
 
 
+def _verifies(alg: str, key: jwt.PyJWK) -> bool:
+    """Whether `key` is of the type (and curve) that `alg` verifies with."""
+    if key.key_type != _KEY_TYPES.get(alg[:2]):
+        return False
+    curve = _EC_CURVES.get(alg)
+    return curve is None or getattr(getattr(key.key, "curve", None), "name", None) == curve
+
+
 class JwtVerifier:
     def __init__(
         self,
@@ -189,7 +201,7 @@ class JwtVerifier:
         signing_key = self._jwks.get(kid) if self._jwks and isinstance(kid, str) else None
         if signing_key is None:
             raise Unauthorized("The bearer token's signing key is not known.")
-        if signing_key.declared_alg not in (None, alg):
+        if signing_key.declared_alg not in (None, alg) or not _verifies(alg, signing_key.key):
             raise Unauthorized("The bearer token's signing algorithm is not accepted.")
         return alg, signing_key.key.key
 
@@ -224,7 +236,9 @@ class JwtVerifier:
             raise Unauthorized("The bearer token has expired.") from None
         except jwt.ImmatureSignatureError:
             raise Unauthorized("The bearer token is not valid yet.") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
+            # TypeError/ValueError: PyJWT met a key it cannot use for this token (a mismatch
+            # `_verifies` did not foresee): no valid signature either way.
             raise Unauthorized("The bearer token is not valid.") from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
