@@ -79,7 +79,13 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     api_keys: ApiKeyResolver
     cached: CachedApiKeys | None = None
     if settings.api_key_cache_seconds:
-        cached = api_keys = CachedApiKeys(settings.api_key_cache_seconds, db)
+        cached = api_keys = CachedApiKeys(
+            settings.api_key_cache_seconds,
+            db,
+            on_ignored_notification=(
+                metrics.observe_ignored_notification if settings.metrics_enabled else None
+            ),
+        )
         # Revocations reach every replica within a second; the periodic recheck stays as the
         # safety net for a lost listening connection.
         listen_url = settings.database_listen_url

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
+import re
 import secrets
 import time
 import uuid
@@ -113,6 +115,14 @@ class CachedApiKeys:
     budget of lookups (UNKNOWN_KEY_LOOKUPS_PER_MINUTE, burst UNKNOWN_KEY_BURST per process) for
     a key used within milliseconds of its creation, before its announcement arrived. Before
     the set is complete (starting, or the listening connection lost) every key is looked up.
+
+    Keys the database refused (revoked, deleted, expired, or never issued) are remembered for
+    `ttl` too, so replaying a leaked key that was revoked costs no more than a made-up one:
+    after the first lookup, nothing until `ttl` has passed or the key changes.
+
+    Notifications are input like any other (any database role may NOTIFY the channel): a
+    payload that is not a key hash is ignored and counted, and the known set is bounded; past
+    `max_known` hashes it is reloaded from the table, which holds the truth.
     """
 
     UNKNOWN_KEY_LOOKUPS_PER_MINUTE = 300
@@ -125,11 +135,19 @@ class CachedApiKeys:
         max_size: int = 10_000,
         clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        max_known: int = 1_000_000,
+        on_ignored_notification: Callable[[], None] | None = None,
     ) -> None:
         self._ttl = ttl
         self._db = db
         self._clock = clock
         self._entries: TtlCache[str, ApiKeyOwner] = TtlCache(max_size, monotonic)
+        self._refused: TtlCache[str, bool] = TtlCache(max_size, monotonic)
+        self._max_known = max_known
+        self._on_ignored = on_ignored_notification
+        self._ignored_warned_at = -math.inf
+        self._monotonic = monotonic
         self._known: set[int] = set()
         self._known_complete = False
         # Hashes announced while the set is being loaded (the load may not see them).
@@ -146,6 +164,8 @@ class CachedApiKeys:
         owner = self._entries.get(key_hash)
         if owner is not None:
             return owner
+        if self._refused.get(key_hash):
+            return None
         if (
             self._known_complete
             and _short(key_hash) not in self._known
@@ -153,7 +173,9 @@ class CachedApiKeys:
         ):
             return None
         owner = await find_active_key(self._db, key_hash)
-        if owner is not None:
+        if owner is None:
+            self._refused.put(key_hash, True, self._ttl)
+        else:
             self._remember(key_hash, owner)
         return owner
 
@@ -165,17 +187,37 @@ class CachedApiKeys:
 
     def forget(self, key_hash: str) -> None:
         """The key changed or was created (a notification): the next request with it asks the
-        database."""
+        database. Anything but a key hash is ignored."""
+        if not _KEY_HASH.fullmatch(key_hash):
+            self._ignored_notification()
+            return
         self._entries.discard(key_hash)
+        self._refused.discard(key_hash)
         short = _short(key_hash)
         self._known.add(short)
         if self._announced_during_load is not None:
             self._announced_during_load.add(short)
+        if len(self._known) > self._max_known:
+            # More than the bound (a flood on the channel): start over from the table.
+            self._known = set()
+            self.stopped_listening()
+            self._reload.set()
+
+    def _ignored_notification(self) -> None:
+        if self._on_ignored is not None:
+            self._on_ignored()
+        now = self._monotonic()
+        if now - self._ignored_warned_at >= 60:
+            self._ignored_warned_at = now
+            logger.warning(
+                "ignored notifications on %s that are not key hashes", KEY_CHANGES_CHANNEL
+            )
 
     def forget_all(self) -> None:
         """Listening (re)started: changes may have been missed meanwhile. Start over, and load
         the known hashes again."""
         self._entries.clear()
+        self._refused.clear()
         self.stopped_listening()
         self._reload.set()
 
@@ -196,7 +238,7 @@ class CachedApiKeys:
                 if len(rows) < _HASHES_PER_PAGE:
                     break
                 after = rows[-1][0]
-            if generation == self._generation:
+            if generation == self._generation and len(known) <= self._max_known:
                 self._known = known | self._announced_during_load
                 self._known_complete = True
                 self.loaded.set()
@@ -239,6 +281,9 @@ class CachedApiKeys:
                 await self.recheck()
             except Exception as exc:  # entries then run out at their ttl; requests ask again
                 logger.warning("API key recheck failed: %s", type(exc).__name__)
+
+
+_KEY_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def _short(key_hash: str) -> int:

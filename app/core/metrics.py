@@ -74,6 +74,16 @@ SHARED_STATE_FALLBACKS = Counter(
     "Requests served with this process's own state because Redis was down or slow, by component.",
     ["component"],
 )
+SHARED_STATE_REJECTED = Counter(
+    "orbit_shared_state_rejected_total",
+    "Values read from Redis that failed authentication, decoding or binding to the request"
+    " (each treated as a miss), by component.",
+    ["component"],
+)
+IGNORED_NOTIFICATIONS = Counter(
+    "orbit_key_change_notifications_ignored_total",
+    "Notifications on the API-key channel whose payload was not a key hash (ignored).",
+)
 DB_POOL_SIZE = Gauge(
     "orbit_db_pool_size",
     "Connections the database pool keeps open (pool size), summed over live workers.",
@@ -108,6 +118,14 @@ def observe_request(route: str | None, method: str, status: int, seconds: float)
 
 def observe_shared_state_fallback(component: str) -> None:
     SHARED_STATE_FALLBACKS.labels(component).inc()
+
+
+def observe_shared_state_rejected(component: str) -> None:
+    SHARED_STATE_REJECTED.labels(component).inc()
+
+
+def observe_ignored_notification() -> None:
+    IGNORED_NOTIFICATIONS.inc()
 
 
 def observe_b2_call(url: str, outcome: str, seconds: float) -> None:
