@@ -29,15 +29,16 @@ from app.auth.jwt_verifier import JwksCache, JwtVerifier
 from app.auth.rate_limit import InMemoryRateLimiter, RateLimiter
 from app.auth.shared_rate_limit import RedisRateLimiter
 from app.core import metrics
+from app.core.sealing import Sealer
 from app.core.settings import Settings
-from app.core.shared_state import RedisGuard, redis_client
+from app.core.shared_state import RedisGuard, key_prefix, redis_client, shared_state_secret
 from app.db.connection import database_url
 from app.db.database import Database
 from app.db.notifications import listen_forever
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client
-from app.storage.shared_token_cache import RedisTokenCache
-from app.storage.signer import DownloadSigner, UrlSigner
+from app.storage.shared_token_cache import SEALING_PURPOSE, RedisTokenCache
+from app.storage.signer import DownloadSigner, UrlSigner, download_url
 from app.storage.token_cache import InMemoryTokenCache, TokenCache
 
 if TYPE_CHECKING:
@@ -109,11 +110,12 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     background.append(api_keys.run)
     # One Redis client for the fleet's shared state, when there is a fleet.
     redis = limiter_redis = None
+    prefix = key_prefix(settings, url)
     if settings.redis_url is not None:
-        url, timeout = settings.redis_url.get_secret_value(), settings.redis_timeout_seconds
-        redis = redis_client(url, timeout)
+        redis_url, timeout = settings.redis_url.get_secret_value(), settings.redis_timeout_seconds
+        redis = redis_client(redis_url, timeout)
         # The rate limiter sends one batch at a time (app/auth/shared_rate_limit.py).
-        limiter_redis = redis_client(url, timeout, single_connection=True)
+        limiter_redis = redis_client(redis_url, timeout, single_connection=True)
 
     def guard(component: str, client: Redis | None) -> RedisGuard:
         assert client is not None
@@ -131,7 +133,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         rate_limiter = InMemoryRateLimiter(per_minute, burst)
         if redis is not None:
             rate_limiter = RedisRateLimiter(
-                guard("rate_limit", limiter_redis), per_minute, burst, rate_limiter
+                guard("rate_limit", limiter_redis), per_minute, burst, rate_limiter, prefix=prefix
             )
     authenticator = Authenticator(JwtVerifier(settings, jwks), api_keys, rate_limiter)
 
@@ -143,13 +145,6 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         else None
     )
     local_tokens = InMemoryTokenCache.from_settings(settings)
-    token_cache: TokenCache = local_tokens
-    if redis is not None:
-        token_cache = RedisTokenCache(
-            guard("download_tokens", redis),
-            local_tokens,
-            wait_seconds=settings.storage_timeout_seconds,
-        )
     signer: UrlSigner | None = None
     if not native:
         # Local signing: no B2 call, nothing to share through Redis, no breaker.
@@ -157,6 +152,18 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
 
         signer = S3Signer(settings, local_tokens)
     elif b2 is not None:
+        token_cache: TokenCache = local_tokens
+        if redis is not None:
+            rejected = partial(metrics.observe_shared_state_rejected, "download_tokens")
+            token_cache = RedisTokenCache(
+                guard("download_tokens", redis),
+                local_tokens,
+                sealer=Sealer(shared_state_secret(settings), SEALING_PURPOSE),
+                prefix=prefix,
+                url_for=partial(download_url, b2),
+                wait_seconds=settings.storage_timeout_seconds,
+                on_rejected=rejected if settings.metrics_enabled else None,
+            )
         b2.start()
         signer = DownloadSigner(b2, token_cache, settings.export_url_ttl_seconds)
     else:

@@ -25,9 +25,13 @@ from redis.exceptions import ResponseError
 from app.auth.rate_limit import InMemoryRateLimiter
 from app.core.shared_state import RedisGuard, Unavailable
 
-# Key names carry the credential's kind, organization and id, never a secret. The hash tag
-# ({...}) keeps every rate key in one Redis Cluster slot, which a multi-key script requires.
-KEY_PREFIX = "{orbit:rate}:"
+
+# Key names carry the deployment's prefix and the credential's kind, organization and id, never
+# a secret. The hash tag ({...}) keeps every rate key in one Redis Cluster slot, which a
+# multi-key script requires.
+def rate_key_prefix(prefix: str) -> str:
+    return "{" + prefix + "rate}:"
+
 
 # At most this many credentials in one script call: the script runs inside Redis, which
 # serves nothing else meanwhile; 256 GCRA steps take well under a millisecond.
@@ -60,9 +64,16 @@ return waits
 
 class RedisRateLimiter:
     def __init__(
-        self, guard: RedisGuard, per_minute: int, burst: int, fallback: InMemoryRateLimiter
+        self,
+        guard: RedisGuard,
+        per_minute: int,
+        burst: int,
+        fallback: InMemoryRateLimiter,
+        *,
+        prefix: str,
     ) -> None:
         self._guard = guard
+        self._key_prefix = rate_key_prefix(prefix)
         self._script = guard.redis.register_script(GCRA)
         self._interval_ms = 60_000 / per_minute
         self._burst = burst
@@ -73,7 +84,7 @@ class RedisRateLimiter:
     async def retry_after(self, credential: str) -> int | None:
         loop = asyncio.get_running_loop()
         decision: asyncio.Future[int] = loop.create_future()
-        self._waiting.append((KEY_PREFIX + credential, decision))
+        self._waiting.append((self._key_prefix + credential, decision))
         if self._sender is None:
             # A context of its own: it serves many requests, not the one that started it (whose
             # request id would otherwise be on the sender's log lines).

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     # its own, as a single box needs. Requests never wait on Redis longer than the timeout.
     redis_url: SecretStr | None = None
     redis_timeout_seconds: float = Field(0.05, gt=0, le=5)
+    # What the fleet keeps in Redis is sealed (AES-GCM) under a key derived from this secret,
+    # the same on every replica, at least 32 characters. Required with REDIS_URL in
+    # production; in development one is made once in ORBIT_DATA_DIR/shared-state-secret.
+    shared_state_secret: SecretStr | None = Field(None, min_length=32)
+    # Every Redis key starts with this, so two deployments sharing a Redis database never see
+    # each other's values. Unset: "orbit:" and a digest of the database's host, port and name.
+    redis_key_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
     # Requests per minute per credential (API key, or dashboard user); 0 turns limiting off.
     rate_limit_per_minute: int = Field(1200, ge=0, le=1_000_000)
@@ -246,6 +253,14 @@ class Settings(BaseSettings):
                 )
         if self.jwt_jwks_url is None and not set(self.jwt_algorithms) & HMAC_ALGORITHMS:
             problems.append("asymmetric JWT_ALGORITHMS need JWT_JWKS_URL")
+        if (
+            self.environment == "production"
+            and self.redis_url is not None
+            and self.shared_state_secret is None
+        ):
+            problems.append(
+                "SHARED_STATE_SECRET is required with REDIS_URL when ENVIRONMENT=production"
+            )
         if problems:
             raise ConfigurationError("; ".join(problems))
 

@@ -9,6 +9,7 @@ before trying again, so a Redis outage costs requests nothing after the first fa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -17,6 +18,11 @@ from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.engine import make_url
+
+from app.core.local_secrets import persistent_secret
+from app.core.sealing import length_prefixed
+from app.core.settings import Settings
 
 logger = logging.getLogger("app.shared_state")
 
@@ -24,6 +30,25 @@ T = TypeVar("T")
 
 PAUSE_AFTER_FAILURE_SECONDS = 1.0
 WARN_EVERY_SECONDS = 60.0
+
+
+def key_prefix(settings: Settings, database_url: str) -> str:
+    """REDIS_KEY_PREFIX, or "orbit:" and a digest of the database's host, port and name: two
+    deployments with two databases never share a key, whatever Redis they share."""
+    if settings.redis_key_prefix is not None:
+        return settings.redis_key_prefix
+    url = make_url(database_url)
+    host = url.host or str(url.query.get("host", ""))
+    where = length_prefixed(host, str(url.port or ""), url.database or "")
+    return f"orbit:{hashlib.sha256(where).hexdigest()[:12]}:"
+
+
+def shared_state_secret(settings: Settings) -> bytes:
+    """SHARED_STATE_SECRET; in development without one, a secret made once in the data folder
+    (production refuses to serve with REDIS_URL and no secret)."""
+    if settings.shared_state_secret is not None:
+        return settings.shared_state_secret.get_secret_value().encode()
+    return persistent_secret(settings.orbit_data_dir / "shared-state-secret").encode()
 
 
 def redis_client(url: str, timeout: float, *, single_connection: bool = False) -> Redis:

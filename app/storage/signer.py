@@ -167,10 +167,17 @@ class DownloadSigner:
         ttl = clamped_ttl(self._ttl, now, not_after)
         disposition = content_disposition(file_name)
         value = await self._b2.download_authorization(bucket_name, file_name, ttl, disposition)
-        base = self._b2.download_url(bucket_name, file_name)
-        query = urlencode(
-            {"Authorization": value, "b2ContentDisposition": disposition}, quote_via=quote
-        )
-        token = SignedToken(f"{base}?{query}", now + timedelta(seconds=ttl))
+        token = SignedToken(download_url(self._b2, key, value), now + timedelta(seconds=ttl), value)
         await self._cache.put(key, token)
         return token
+
+
+def download_url(b2: B2Client, key: FileKey, credential: str) -> str:
+    """The file's download URL carrying the download token `credential` and the disposition
+    the token was issued with (B2 refuses a download whose disposition differs)."""
+    bucket_name, file_name = key
+    query = urlencode(
+        {"Authorization": credential, "b2ContentDisposition": content_disposition(file_name)},
+        quote_via=quote,
+    )
+    return f"{b2.download_url(bucket_name, file_name)}?{query}"

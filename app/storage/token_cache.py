@@ -24,6 +24,9 @@ FileKey = tuple[str, str]
 class SignedToken:
     url: str
     expires_at: datetime
+    # What the URL carries that makes it signed (a B2 download token), for a shared cache that
+    # keeps only that and rebuilds the URL; empty where nothing is shared (the s3 signer).
+    credential: str = ""
 
 
 class TokenCache(Protocol):
@@ -92,6 +95,9 @@ class InMemoryTokenCache:
         return await mint()
 
     async def put(self, key: FileKey, token: SignedToken) -> None:
+        self.remember(key, token)
+
+    def remember(self, key: FileKey, token: SignedToken) -> None:
         if self._max_size == 0:
             return
         self._tokens[key] = token

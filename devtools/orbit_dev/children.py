@@ -13,20 +13,8 @@ import time
 from pathlib import Path
 
 from app.cli.common import progress
+from app.core.local_secrets import persistent_secret
 from app.core.process import die_with_parent
-
-
-def persistent_secret(path: Path) -> str:
-    """A JWT secret for the demo, made once and kept in the data folder (mode 0600)."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret)
-    return secret
-
 
 # Ports this process has handed out or was told to keep for the service. The kernel may hand a
 # just-released port out again, and a child listening on the service's own port would answer

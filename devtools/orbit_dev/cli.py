@@ -33,8 +33,9 @@ from app.cli.common import (
     run_command,
     uuid_argument,
 )
+from app.core.local_secrets import persistent_secret
 from app.core.settings import Settings, get_settings
-from orbit_dev.children import keep_free, persistent_secret, start_emulator, start_seaweedfs
+from orbit_dev.children import keep_free, start_emulator, start_seaweedfs
 from orbit_dev.uploads import upload
 
 # --- run (the demo) --------------------------------------------------------------------------

@@ -158,8 +158,9 @@ def _smoke(base: str, path: str, key: str, token: str) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    from app.core.local_secrets import persistent_secret
     from orbit_dev import demo
-    from orbit_dev.children import persistent_secret, start_emulator
+    from orbit_dev.children import start_emulator
 
     direct = ready_database_url(settings)
     os.environ["DATABASE_URL"] = direct

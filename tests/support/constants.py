@@ -9,6 +9,7 @@ B2_KEY_ID = "test-key-id"
 B2_KEY = "test-application-key-0123456789"
 BUCKET = "orbit-exports-test"
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
+SHARED_STATE_SECRET = "test-shared-state-secret-0123456789abcdef"
 # The service's command and the developer tools' command, from this virtualenv.
 CLI = str(Path(sys.executable).parent / "orbit-exports")
 DEV_CLI = str(Path(sys.executable).parent / "orbit-dev")
