@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -31,6 +33,25 @@ _HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?/?")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
 # Below this a shared HMAC secret is guessable offline from one captured token.
 MIN_JWT_SECRET_LENGTH = 32
+# What production refuses in a secret (a value from a template or a manifest left as is).
+_PLACEHOLDER = re.compile(
+    r"change[-_ ]?(me|this|it)|^change|placeholder|replace[-_ ]?me|your[-_ ]|example", re.I
+)
+# Every secret setting, with its shortest acceptable value in production (passwords inside
+# URLs are only checked for placeholders: a trusted network may need none).
+_SECRET_SETTINGS = {
+    "jwt_secret": MIN_JWT_SECRET_LENGTH,
+    "shared_state_secret": 32,
+    "metrics_token": 24,
+    "b2_application_key": 20,
+    "s3_secret_access_key": 20,
+    "database_url": 0,
+    "database_listen_url": 0,
+    "redis_url": 0,
+    # Not secrets, but a placeholder there is a half-done configuration all the same.
+    "b2_application_key_id": 0,
+    "s3_access_key_id": 0,
+}
 # Docker and Kubernetes mount secrets here, one file per setting (e.g. /run/secrets/jwt_secret).
 SECRETS_DIR = Path("/run/secrets")
 
@@ -162,6 +183,10 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     s3_addressing_style: Literal["virtual", "path"] = "virtual"
 
+    # In production, the JWKS, the S3 endpoint and a B2 realm given as a URL must be https://;
+    # true allows plain http:// to them, for a private network you trust.
+    allow_plain_http: bool = False
+
     @field_validator("jwt_algorithms", "cors_allow_origins", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
@@ -210,8 +235,10 @@ class Settings(BaseSettings):
             secret = self.jwt_secret.get_secret_value()
             if len(secret) < MIN_JWT_SECRET_LENGTH:
                 raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters")
-            if self.environment == "production" and secret.lower().startswith("change"):
-                raise ValueError("JWT_SECRET still holds a placeholder value")
+        if self.environment == "production":
+            problems = self._weak_in_production()
+            if problems:
+                raise ValueError("; ".join(problems))
         if bool(self.b2_application_key_id) != bool(self.b2_application_key):
             raise ValueError("set both B2_APPLICATION_KEY_ID and B2_APPLICATION_KEY, or neither")
         if self.redis_url is not None and not self.redis_url.get_secret_value().startswith(
@@ -219,6 +246,37 @@ class Settings(BaseSettings):
         ):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         return self
+
+    def _weak_in_production(self) -> list[str]:
+        """What production refuses: a placeholder or a short value in any secret (a password in
+        a URL included), and plain http:// to a remote endpoint unless allowed on purpose."""
+        problems = []
+        for name, minimum in _SECRET_SETTINGS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if name.endswith("_url"):
+                try:
+                    secret = make_url(secret).password or ""
+                except ArgumentError:
+                    secret = ""
+            label = name.upper()
+            if _PLACEHOLDER.search(secret):
+                problems.append(f"{label} still holds a placeholder value")
+            elif len(secret) < minimum:
+                problems.append(
+                    f"{label} must be at least {minimum} characters when ENVIRONMENT=production"
+                )
+        if not self.allow_plain_http:
+            for name in ("jwt_jwks_url", "s3_endpoint_url", "b2_realm"):
+                value = getattr(self, name)
+                if value is not None and value.lower().startswith("http://"):
+                    problems.append(
+                        f"{name.upper()} must use https:// when ENVIRONMENT=production"
+                        " (or ALLOW_PLAIN_HTTP=true, for a private network)"
+                    )
+        return problems
 
     def check_serving(self) -> None:
         """Raise ConfigurationError unless the API can serve with these settings. Separate

@@ -77,7 +77,7 @@ def test_placeholder_secret_is_refused_in_production() -> None:
         make(
             environment="production",
             database_url="postgresql://db/orbit",
-            metrics_token="m" * 16,
+            metrics_token="m" * 24,
             jwt_secret="changethis" * 4,
         )
 
@@ -88,7 +88,7 @@ def test_production_needs_a_database_url() -> None:
     production = make(
         environment="production",
         database_url="postgresql://db/orbit",
-        metrics_token="m" * 16,
+        metrics_token="m" * 24,
     )
     assert production.port == 8000
 
@@ -98,7 +98,7 @@ def test_production_metrics_need_a_token_to_serve() -> None:
     with pytest.raises(ConfigurationError, match="METRICS_TOKEN is required"):
         serving(**production)
     assert serving(**production, metrics_enabled=False).metrics_token is None
-    assert serving(**production, metrics_token="m" * 16).metrics_enabled
+    assert serving(**production, metrics_token="m" * 24).metrics_enabled
 
 
 def test_commands_that_never_serve_need_no_serving_settings() -> None:
@@ -157,7 +157,7 @@ def test_a_jwks_in_production_needs_issuer_and_audience() -> None:
         "database_url": "postgresql://db/orbit",
         "jwt_algorithms": ["RS256"],
         "jwt_jwks_url": "https://idp.example/.well-known/jwks.json",
-        "metrics_token": "m" * 16,
+        "metrics_token": "m" * 24,
     }
     for missing in ({}, {"jwt_issuer": "https://idp.example/"}, {"jwt_audience": "orbit"}):
         with pytest.raises(ConfigurationError, match="JWT_ISSUER and JWT_AUDIENCE are required"):
@@ -202,3 +202,69 @@ def test_a_gc_threshold_outside_its_bounds_is_refused(threshold: int) -> None:
     with pytest.raises(ValidationError) as refused:
         make(gc_gen0_threshold=threshold)
     assert "GC_GEN0_THRESHOLD" in describe_invalid_settings(refused.value)
+
+
+PRODUCTION = {
+    "environment": "production",
+    "database_url": "postgresql://orbit:Zq9Zq9Zq9@db/orbit",
+    "metrics_token": "m" * 24,
+}
+
+
+@pytest.mark.parametrize(
+    ("setting", "placeholder"),
+    [
+        ("jwt_secret", "change-me-to-at-least-32-random-characters"),
+        ("shared_state_secret", "replace-me-with-32-random-characters-please"),
+        ("metrics_token", "change-me-16-chars-or-more"),
+        ("b2_application_key", "your-b2-application-key-here"),
+        ("s3_secret_access_key", "placeholder-placeholder-placeholder"),
+        ("database_url", "postgresql://orbit:change-me@pgbouncer:6432/orbit"),
+        ("database_listen_url", "postgresql://orbit:changeme@postgres:5432/orbit"),
+        ("redis_url", "redis://:change-me@redis:6379/0"),
+    ],
+)
+def test_production_refuses_a_placeholder_in_any_secret(setting: str, placeholder: str) -> None:
+    values = PRODUCTION | {setting: placeholder}
+    if setting == "b2_application_key":
+        values["b2_application_key_id"] = "004abc"
+    with pytest.raises(ValidationError) as refused:
+        make(**values)
+    line = describe_invalid_settings(refused.value)
+    assert f"{setting.upper()} still holds a placeholder value" in line
+    assert placeholder not in line
+    make(**(values | {"environment": "development"}))  # development takes it
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "minimum"),
+    [
+        ("metrics_token", "m" * 20, 24),
+        ("b2_application_key", "K004short", 20),
+        ("s3_secret_access_key", "s" * 12, 20),
+    ],
+)
+def test_production_refuses_short_secrets(setting: str, value: str, minimum: int) -> None:
+    values = PRODUCTION | {setting: value, "b2_application_key_id": "004abc"}
+    with pytest.raises(ValidationError) as refused:
+        make(**values)
+    line = describe_invalid_settings(refused.value)
+    assert f"{setting.upper()} must be at least {minimum} characters" in line
+    assert value not in line
+
+
+@pytest.mark.parametrize("setting", ["jwt_jwks_url", "s3_endpoint_url", "b2_realm"])
+def test_production_endpoints_must_be_https_unless_allowed(setting: str) -> None:
+    plain = PRODUCTION | {setting: "http://10.0.0.7:8080/keys"}
+    with pytest.raises(ValidationError, match=f"{setting.upper()} must use https://"):
+        make(**plain)
+    assert getattr(make(**plain, allow_plain_http=True), setting).startswith("http://")
+    assert make(**(PRODUCTION | {setting: "https://idp.example/keys"}))
+
+
+def test_production_needs_a_shared_state_secret_to_serve_with_redis() -> None:
+    with pytest.raises(ConfigurationError, match="SHARED_STATE_SECRET is required"):
+        serving(**PRODUCTION, redis_url="redis://redis:6379/0")
+    serving(**PRODUCTION, redis_url="redis://redis:6379/0", shared_state_secret="s" * 32)
+    # Development makes one in the data folder instead.
+    serving(environment="development", redis_url="redis://redis:6379/0")

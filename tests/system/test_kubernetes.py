@@ -68,13 +68,17 @@ def test_settings_come_from_a_configmap_and_secrets_from_a_secret() -> None:
     assert set(secret) <= SETTINGS_ENV, set(secret) - SETTINGS_ENV
     for name in ("DATABASE_URL", "JWT_SECRET", "B2_APPLICATION_KEY", "REDIS_URL"):
         assert name in secret and name not in config
-    # The ConfigMap and the Secret together are a valid production configuration...
+    # The ConfigMap and the Secret together are a valid production configuration once every
+    # placeholder is replaced; as committed, production refuses each one, by name.
     values: dict[str, Any] = {k.lower(): v for k, v in {**config, **secret}.items()}
-    with pytest.raises(ValueError, match="placeholder"):
-        # ...once the placeholders are replaced: as committed, production refuses to start.
-        Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    values["jwt_secret"] = "x" * 40
-    assert Settings(_env_file=None, **values).db_prepared_statements is False  # type: ignore[call-arg]
+    real = {name: v.replace("change-me", "Zq9" * 12) for name, v in values.items()}
+    for name in secret:
+        with pytest.raises(ValueError, match=f"{name} still holds a placeholder") as refused:
+            Settings(_env_file=None, **(real | {name.lower(): values[name.lower()]}))  # type: ignore[call-arg]
+        assert "Zq9" not in str(refused.value)
+    settings = Settings(_env_file=None, **real)  # type: ignore[call-arg]
+    settings.check_serving()
+    assert settings.db_prepared_statements is False
 
 
 def test_disruptions_autoscaling_and_migrations() -> None:

@@ -220,7 +220,8 @@ def test_the_kubernetes_job_and_deployment_run_with_what_their_manifests_give(
     env = container_environment(api, config, secret)
     assert env["B2_REALM"] == "production"
     port = free_port()
-    env |= {"B2_REALM": b2_url, "PORT": str(port)}
+    # B2's stand-in speaks plain http, which production refuses unless allowed on purpose.
+    env |= {"B2_REALM": b2_url, "PORT": str(port), "ALLOW_PLAIN_HTTP": "true"}
     emulator = [DEV_CLI, "b2-emulator", "--port", str(b2_port), "--bucket", "orbit-exports"]
     emulator += ["--key-id", env["B2_APPLICATION_KEY_ID"], "--key", env["B2_APPLICATION_KEY"]]
     with (
