@@ -30,7 +30,7 @@ from app.auth.rate_limit import InMemoryRateLimiter, RateLimiter
 from app.auth.shared_rate_limit import RedisRateLimiter
 from app.core import metrics
 from app.core.sealing import Sealer
-from app.core.settings import Settings
+from app.core.settings import Settings, allowed_buckets
 from app.core.shared_state import RedisGuard, key_prefix, redis_client, shared_state_secret
 from app.db.connection import database_url
 from app.db.database import Database
@@ -165,7 +165,12 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
                 on_rejected=rejected if settings.metrics_enabled else None,
             )
         b2.start()
-        signer = DownloadSigner(b2, token_cache, settings.export_url_ttl_seconds)
+        signer = DownloadSigner(
+            b2,
+            token_cache,
+            settings.export_url_ttl_seconds,
+            allowed_buckets=allowed_buckets(settings),
+        )
     else:
         logger.warning("B2 is not configured: completed exports will answer 503")
 

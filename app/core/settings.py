@@ -30,6 +30,9 @@ ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 _HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?/?")
+# B2's rule for bucket names (the table refuses others too, migration 0005): nothing a row or a
+# setting holds can turn a download URL's host or path elsewhere.
+BUCKET_NAME = re.compile(r"(?!b2-)[A-Za-z0-9-]{6,63}")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?")
 # Below this a shared HMAC secret is guessable offline from one captured token.
 MIN_JWT_SECRET_LENGTH = 32
@@ -183,11 +186,15 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     s3_addressing_style: Literal["virtual", "path"] = "virtual"
 
+    # Buckets this service signs URLs for, comma separated; a row naming another answers 502
+    # STORAGE_ERROR without a URL. Empty: any bucket the storage key can read.
+    allowed_buckets: Annotated[list[str], NoDecode] = []
+
     # In production, the JWKS, the S3 endpoint and a B2 realm given as a URL must be https://;
     # true allows plain http:// to them, for a private network you trust.
     allow_plain_http: bool = False
 
-    @field_validator("jwt_algorithms", "cors_allow_origins", mode="before")
+    @field_validator("jwt_algorithms", "cors_allow_origins", "allowed_buckets", mode="before")
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -212,6 +219,17 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "CORS_ALLOW_ORIGINS takes exact origins like https://app.example.com,"
                     f" not {origin!r}"
+                )
+        return value
+
+    @field_validator("allowed_buckets")
+    @classmethod
+    def _b2_bucket_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not BUCKET_NAME.fullmatch(name):
+                raise ValueError(
+                    "ALLOWED_BUCKETS takes B2 bucket names (6-63 letters, digits, hyphens),"
+                    f" not {name!r}"
                 )
         return value
 
@@ -351,6 +369,11 @@ def get_settings() -> Settings:
     # pydantic-settings warns about a secrets folder that does not exist: only name it if it does.
     secrets_dir = SECRETS_DIR if SECRETS_DIR.is_dir() else None
     return Settings(_secrets_dir=secrets_dir)
+
+
+def allowed_buckets(settings: Settings) -> frozenset[str] | None:
+    """ALLOWED_BUCKETS as the signers take it: None when any bucket may be signed."""
+    return frozenset(settings.allowed_buckets) or None
 
 
 def describe_invalid_settings(error: ValidationError) -> str:

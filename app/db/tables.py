@@ -75,6 +75,12 @@ intent_audience_exports = Table(
         " AND file_name !~ '(^|/)[.]{1,2}(/|$)')",
         name="file_name_is_one_file",
     ),
+    # A download URL carries the bucket in its path or host (migration 0005): B2's rule only.
+    CheckConstraint(
+        "bucket_name IS NULL OR (bucket_name ~ '^[A-Za-z0-9-]{6,63}$'"
+        " AND bucket_name NOT LIKE 'b2-%')",
+        name="bucket_name_is_b2s",
+    ),
     Index(None, "organization_id", "audience_id", "run_id"),
     # For the trigger that refuses file names overlapping another export's. Migration 0004
     # builds it on `file_name COLLATE "C"` (prefix searches need it); reflection does not

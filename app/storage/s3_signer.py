@@ -19,13 +19,13 @@ from urllib.parse import quote, urlsplit
 
 from app.core.clock import Clock, utc_now
 from app.core.errors import StorageError
-from app.core.settings import Settings
+from app.core.settings import BUCKET_NAME, Settings, allowed_buckets
 from app.storage.signer import (
-    NOT_ONE_FILE,
+    NOT_OUR_BUCKET,
     SignedDownload,
+    check_signable,
     clamped_ttl,
     content_disposition,
-    names_one_file,
     signed_download,
 )
 from app.storage.token_cache import InMemoryTokenCache, SignedToken
@@ -45,6 +45,9 @@ class _Endpoint:
         self.virtual = settings.s3_addressing_style == "virtual"
 
     def host_and_path(self, bucket_name: str, file_name: str) -> tuple[str, str]:
+        if not BUCKET_NAME.fullmatch(bucket_name):
+            # A virtual host is `<bucket>.<endpoint host>`: only B2's bucket names go there.
+            raise StorageError(NOT_OUR_BUCKET)
         key = quote(file_name, safe="/~")
         if self.virtual:
             return f"{bucket_name}.{self.netloc}", f"{self.base_path}/{key}"
@@ -71,12 +74,12 @@ class S3Signer:
         self._ttl = min(settings.export_url_ttl_seconds, MAX_S3_URL_SECONDS)
         self._cache = cache
         self._clock = clock
+        self._allowed = allowed_buckets(settings)
 
     async def sign(
         self, bucket_name: str, file_name: str, not_after: datetime | None
     ) -> SignedDownload:
-        if not names_one_file(file_name):
-            raise StorageError(NOT_ONE_FILE)
+        check_signable(bucket_name, file_name, self._allowed)
         key = (bucket_name, file_name)
         # Read before signing: the signer stamps the URL with its own (later) time, so the
         # expiry reported is never later than the real one.

@@ -18,10 +18,12 @@ from urllib.parse import quote, urlencode
 
 from app.core.clock import Clock, utc_now
 from app.core.errors import StorageError
+from app.core.settings import BUCKET_NAME
 from app.storage.b2_client import B2Client
 from app.storage.token_cache import FileKey, SignedToken, TokenCache
 
 NOT_ONE_FILE = "This export's file name does not name one file; it cannot be signed."
+NOT_OUR_BUCKET = "This export's bucket is not one this service signs for; it cannot be signed."
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
@@ -30,6 +32,17 @@ def names_one_file(file_name: str) -> bool:
     empty, ending in `/`, or with a `.` or `..` segment (the table refuses them too; rows
     written before migration 0004 may still hold one)."""
     return bool(file_name) and not file_name.endswith("/") and not _DOT_SEGMENT.search(file_name)
+
+
+def check_signable(bucket_name: str, file_name: str, allowed: frozenset[str] | None) -> None:
+    """StorageError (502, no URL) for a row this service must not sign: a file name that opens
+    more than one file, a bucket name outside B2's rules or outside ALLOWED_BUCKETS."""
+    if not names_one_file(file_name):
+        raise StorageError(NOT_ONE_FILE)
+    if not BUCKET_NAME.fullmatch(bucket_name) or (
+        allowed is not None and bucket_name not in allowed
+    ):
+        raise StorageError(NOT_OUR_BUCKET)
 
 
 def content_disposition(file_name: str) -> str:
@@ -92,8 +105,11 @@ class DownloadSigner:
         cache: TokenCache,
         ttl_seconds: int,
         clock: Clock = utc_now,
+        *,
+        allowed_buckets: frozenset[str] | None = None,
     ) -> None:
         self._b2 = b2
+        self._allowed = allowed_buckets
         self._cache = cache
         self._ttl = ttl_seconds
         self._clock = clock
@@ -111,8 +127,7 @@ class DownloadSigner:
         the token's own: for a fresh token, clock read *before* minting + TTL; for a reused one,
         its true remaining lifetime. Never later than the real expiry.
         """
-        if not names_one_file(file_name):
-            raise StorageError(NOT_ONE_FILE)
+        check_signable(bucket_name, file_name, self._allowed)
         key = (bucket_name, file_name)
         now = self._clock()
         token = await self._cache.get(key, now, not_after)

@@ -71,6 +71,13 @@ def _row(**overrides: Any) -> dict[str, Any]:
         {"byte_size": -1},
         {"row_count": -1},
         {"status": "completed"},  # no bucket or file name
+        # Bucket names outside B2's rules (migration 0005).
+        {"bucket_name": "short"},
+        {"bucket_name": "a" * 64},
+        {"bucket_name": "evil.example.com"},
+        {"bucket_name": "bucket/../other"},
+        {"bucket_name": "b2-reserved-name"},
+        {"bucket_name": "bucket name"},
     ],
 )
 async def test_check_constraints_reject_bad_rows(db: AsyncEngine, bad: dict[str, Any]) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 
-from app.core.clock import utc_now
+from app.core.clock import Clock, utc_now
 from app.core.settings import Settings
 from app.storage.b2_client import B2Client
 from app.storage.signer import DownloadSigner
@@ -18,7 +17,7 @@ from app.storage.token_cache import InMemoryTokenCache
 def make_signer(
     settings: Settings,
     *,
-    clock: Callable[[], datetime] = utc_now,
+    clock: Clock = utc_now,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Iterator[tuple[DownloadSigner, InMemoryTokenCache]]:
     b2 = B2Client(settings, monotonic=monotonic)
