@@ -192,8 +192,9 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
         authenticator=authenticator,
         export_backends=ExportBackends(database=db, signer=signer),
         readiness=Readiness(
-            ping_database=lambda: db.ping(READY_DB_TIMEOUT_SECONDS),
+            lambda: db.ping(READY_DB_TIMEOUT_SECONDS),
             storage_configured=signer is not None,
+            grace=settings.readiness_dependency_grace_seconds,
         ),
         metrics_access=metrics_access,
     )

@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # of make bench).
             gc.freeze()
             gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
+            components.readiness.started = True
             with health.draining_on_sigterm(components.readiness):
                 yield
 

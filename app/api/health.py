@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from types import FrameType
 from typing import Annotated, Any
 
@@ -19,15 +21,76 @@ from app.core.errors import NotReady
 router = APIRouter(tags=["Health"])
 
 
-@dataclass(slots=True)
 class Readiness:
-    """What /readyz checks, given by the composition root."""
+    """What /readyz answers, from this replica's own state first.
 
-    # Raises when the database does not answer (within its own short deadline).
-    ping_database: Callable[[], Awaitable[None]]
-    storage_configured: bool
-    # Set when SIGTERM arrives: /readyz answers 503 so load balancers stop routing here.
-    draining: bool = False
+    Not ready: before the lifespan has started, while draining (SIGTERM), without storage, and
+    until the database has been reached once since start (a misconfigured rollout stays out
+    of the balancer). After that, a database outage makes the replica not ready only once it
+    has lasted longer than `grace` (READINESS_DEPENDENCY_GRACE_SECONDS): every replica shares
+    the database, and taking them all out of the balancer at once during a few-second
+    PgBouncer or Postgres restart would turn the service's own 503 `DATABASE_UNAVAILABLE`
+    with Retry-After into the balancer's bare 503 for everyone.
+
+    The database is pinged at most once per `interval` however often /readyz is asked (the
+    result is kept, and callers during a ping share it), so the state it acts on is never
+    more than about `interval` old.
+    """
+
+    def __init__(
+        self,
+        ping_database: Callable[[], Awaitable[None]],
+        *,
+        storage_configured: bool,
+        grace: float,
+        interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ping = ping_database
+        self.storage_configured = storage_configured
+        self._grace = grace
+        self._interval = interval
+        self._monotonic = monotonic
+        self.started = False
+        # Set when SIGTERM arrives: /readyz answers 503 so load balancers stop routing here.
+        self.draining = False
+        self._reached = False
+        self._checked_at = -math.inf
+        self._up = False
+        self._down_since: float | None = None
+        self._checking: asyncio.Future[bool] | None = None
+
+    async def database_state(self) -> str:
+        """ok; degraded (down, within the grace); unavailable (down longer, or never up)."""
+        up = await self._database_up()
+        if up:
+            return "ok"
+        if not self._reached or self._down_since is None:
+            return "unavailable"
+        return "degraded" if self._monotonic() - self._down_since <= self._grace else "unavailable"
+
+    async def _database_up(self) -> bool:
+        if self._monotonic() - self._checked_at < self._interval:
+            return self._up
+        if self._checking is None:
+            self._checking = asyncio.ensure_future(self._check())
+        return await asyncio.shield(self._checking)
+
+    async def _check(self) -> bool:
+        try:
+            await self._ping()
+        except Exception:  # any failure means "down"; the reason is not exposed
+            up = False
+        else:
+            up = True
+        now = self._monotonic()
+        if up:
+            self._reached = True
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
+        self._up, self._checked_at, self._checking = up, now, None
+        return up
 
 
 async def get_readiness(request: Request) -> Readiness:
@@ -50,18 +113,10 @@ async def livez(request: Request) -> ProbeResponse:
     return ProbeResponse(data=ProbeStatus(status="ok"), meta=envelope_meta(request))
 
 
-async def _database_ok(readiness: Readiness) -> bool:
-    try:
-        await readiness.ping_database()
-    except Exception:  # any failure means "not ready"; the reason is not exposed
-        return False
-    return True
-
-
 @router.get(
     "/readyz",
     responses={503: {"model": ApiErrorResponse, "description": "Not ready"}},
-    summary="The database answers and storage is configured",
+    summary="Started, not draining, storage configured, the database reached",
 )
 async def readyz(
     request: Request, readiness: Annotated[Readiness, Depends(get_readiness)]
@@ -69,10 +124,10 @@ async def readyz(
     if readiness.draining:
         raise NotReady("The service is shutting down.", details={"shutdown": "in_progress"})
     checks: dict[str, Any] = {
-        "database": "ok" if await _database_ok(readiness) else "unavailable",
+        "database": await readiness.database_state(),
         "storage": "ok" if readiness.storage_configured else "not_configured",
     }
-    if any(value != "ok" for value in checks.values()):
+    if not readiness.started or any(value not in ("ok", "degraded") for value in checks.values()):
         raise NotReady(details=checks)
     return ProbeResponse(
         data=ProbeStatus(status="ready", checks=checks), meta=envelope_meta(request)

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     # once; only cyclic garbage waits for the next pass.
     gc_gen0_threshold: int = Field(50_000, ge=100, le=10_000_000)
 
+    # /readyz stays 200 through a database outage (requests meanwhile get 503
+    # DATABASE_UNAVAILABLE with Retry-After) until it has lasted this long: every replica shares
+    # the database, and a few-second restart must not empty the load balancer.
+    readiness_dependency_grace_seconds: float = Field(30.0, ge=0, le=3600)
+
     # On SIGTERM, in-flight requests get this long to finish before the process exits.
     shutdown_grace_seconds: int = Field(20, ge=0, le=600)
 
