@@ -95,8 +95,13 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
     from app.db.migrations import run_migrations
 
     url = database_url(settings)
-    run_migrations(url)
+    run_migrations(url, settings)
     print(f"migrated {redact(url)} to head")  # noqa: T201
+    if settings.db_service_role is not None:
+        print(  # noqa: T201
+            f"granted {settings.db_service_role} what the service reads, statement_timeout"
+            f" {settings.db_statement_timeout_ms} ms"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ they always agree on the database and on B2.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from functools import lru_cache
@@ -55,14 +56,19 @@ _SECRET_SETTINGS = {
     "b2_application_key_id": 0,
     "s3_access_key_id": 0,
 }
-# Docker and Kubernetes mount secrets here, one file per setting (e.g. /run/secrets/jwt_secret).
-SECRETS_DIR = Path("/run/secrets")
+# Docker and Kubernetes mount secrets here, one file per setting (e.g. /run/secrets/JWT_SECRET).
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
     )
+
+    # Where secrets are mounted as files, one per setting named after it (any case): Docker's
+    # and Kubernetes' secret volumes. Read from the environment only: it says where the other
+    # settings are.
+    secrets_dir: Path = DEFAULT_SECRETS_DIR
 
     environment: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -89,6 +95,11 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(1.0, gt=0, le=60)
     db_connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
     db_statement_timeout_ms: int = Field(1000, ge=10, le=600_000)
+    # The least-privileged role the service connects as (DATABASE_URL's user). `orbit-exports
+    # migrate`, run as the tables' owner, grants it SELECT on the tables it reads and sets its
+    # statement_timeout to DB_STATEMENT_TIMEOUT_MS: a role setting, which PgBouncer cannot drop
+    # as it drops the startup parameter.
+    db_service_role: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     # Everything one request does with the database (checkout, connect, query) ends by then.
     db_deadline_seconds: float = Field(1.5, gt=0, le=60)
     # false: no named prepared statements, as PgBouncer in transaction pooling mode needs
@@ -369,11 +380,16 @@ def report_configuration_error(problem: str) -> int:
     return 2
 
 
+def secrets_dir() -> Path | None:
+    """SECRETS_DIR (default /run/secrets), if it exists: pydantic-settings warns about a
+    secrets folder that does not."""
+    folder = Path(os.environ.get("SECRETS_DIR") or DEFAULT_SECRETS_DIR)
+    return folder if folder.is_dir() else None
+
+
 @lru_cache
 def get_settings() -> Settings:
-    # pydantic-settings warns about a secrets folder that does not exist: only name it if it does.
-    secrets_dir = SECRETS_DIR if SECRETS_DIR.is_dir() else None
-    return Settings(_secrets_dir=secrets_dir)
+    return Settings(_secrets_dir=secrets_dir())
 
 
 def allowed_buckets(settings: Settings) -> frozenset[str] | None:

@@ -91,7 +91,7 @@ def start_pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Pat
         "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
         f"listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
         f"auth_file = {folder}/users.txt\npool_mode = transaction\ndefault_pool_size = 20\n"
-        "max_client_conn = 500\nignore_startup_parameters = statement_timeout\n"
+        "max_client_conn = 500\nignore_startup_parameters = statement_timeout\nquery_timeout = 5\n"
         f"logfile = {folder}/pgbouncer.log\npidfile = {folder}/pgbouncer.pid\n"
     )
     command = [_binary("pgbouncer"), "-q", str(folder / "pgbouncer.ini")]

@@ -268,3 +268,20 @@ def test_production_needs_a_shared_state_secret_to_serve_with_redis() -> None:
     serving(**PRODUCTION, redis_url="redis://redis:6379/0", shared_state_secret="s" * 32)
     # Development makes one in the data folder instead.
     serving(environment="development", redis_url="redis://redis:6379/0")
+
+
+def test_secrets_dir_moves_the_secrets_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kubernetes mounts a Secret as files named after its keys, upper case included."""
+    from app.core.settings import secrets_dir
+
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    (tmp_path / "JWT_SECRET").write_text("a-mounted-secret-0123456789abcdef0123")
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path))
+    assert secrets_dir() == tmp_path
+    settings = Settings(_env_file=None, _secrets_dir=secrets_dir())  # type: ignore[call-arg]
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "a-mounted-secret-0123456789abcdef0123"
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "absent"))
+    assert secrets_dir() is None

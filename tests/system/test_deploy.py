@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
 COMPOSE_ONLY_ENV = {
     "POSTGRES_PASSWORD",
+    "SERVICE_DB_PASSWORD",
     "B2_EMULATOR_PORT",
     "DEMO_BUCKET",
     "DEMO_PORT",
@@ -356,15 +357,25 @@ def test_the_cluster_profile_is_the_fleet_topology(compose: dict[str, Any]) -> N
     services = compose["services"]
     cluster = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
     assert cluster == {"pgbouncer", "redis", "replica-1", "replica-2", "replica-3", "haproxy"}
-    assert services["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
-    assert "statement_timeout" in services["pgbouncer"]["environment"]["IGNORE_STARTUP_PARAMETERS"]
+    pgbouncer = services["pgbouncer"]
+    assert pgbouncer["environment"]["POOL_MODE"] == "transaction"
+    assert "statement_timeout" in pgbouncer["environment"]["IGNORE_STARTUP_PARAMETERS"]
+    # A pinned PgBouncer that keeps named prepared statements in transaction mode (1.21+),
+    # with a query timeout behind the role's statement_timeout.
+    version = re.fullmatch(r"edoburu/pgbouncer:v1\.(\d+)\.\d+-p\d+", pgbouncer["image"])
+    assert version and int(version.group(1)) >= 21, pgbouncer["image"]
+    assert int(pgbouncer["environment"]["MAX_PREPARED_STATEMENTS"]) > 0
+    assert float(pgbouncer["environment"]["QUERY_TIMEOUT"]) > 0
     for name in ("replica-1", "replica-2", "replica-3"):
         replica = services[name]
         env = replica["environment"]
         assert set(env) <= SETTINGS_ENV, set(env) - SETTINGS_ENV
         assert "@pgbouncer:" in env["DATABASE_URL"]
         assert "@postgres:" in env["DATABASE_LISTEN_URL"]
-        assert env["DB_PREPARED_STATEMENTS"] == "false"
+        assert env["DB_PREPARED_STATEMENTS"] == "true"
+        # The read-only role, both ways.
+        assert env["DATABASE_URL"].startswith("postgresql://orbit_service:")
+        assert env["DATABASE_LISTEN_URL"].startswith("postgresql://orbit_service:")
         assert env["REDIS_URL"].startswith("redis://redis:")
         assert parse(argv(replica)).command == "serve"
         assert replica["build"]["target"] == "runtime"
@@ -382,4 +393,4 @@ def test_a_replicas_environment_is_a_valid_configuration(
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.redis_url is not None
     assert settings.database_listen_url is not None
-    assert not settings.db_prepared_statements
+    assert settings.db_prepared_statements

@@ -5,6 +5,7 @@ PodDisruptionBudget and an autoscaler, migrations as a Job, settings that are re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ SETTINGS_ENV = {name.upper() for name in Settings.model_fields}
 
 
 def manifests() -> dict[str, dict[str, Any]]:
+    """Every manifest by kind, and by `Kind/name` for kinds that come more than once."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(MANIFESTS.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         document = yaml.safe_load(path.read_text())
-        found[document["kind"]] = document
+        found.setdefault(document["kind"], document)
+        found[f"{document['kind']}/{document['metadata']['name']}"] = document
     return found
 
 
@@ -61,13 +64,38 @@ def test_the_deployment_runs_three_probed_non_root_replicas() -> None:
     assert pod["terminationGracePeriodSeconds"] > pause + drain
 
 
-def test_settings_come_from_a_configmap_and_secrets_from_a_secret() -> None:
+def secret_mounts(pod: dict[str, Any]) -> dict[str, str]:
+    """The Secrets a pod's (only) container has mounted, by mount path."""
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    return {
+        mount["mountPath"]: volumes[mount["name"]]["secret"]["secretName"]
+        for mount in container.get("volumeMounts", [])
+        if "secret" in volumes[mount["name"]]
+    }
+
+
+def test_settings_come_from_a_configmap_and_secrets_are_files() -> None:
+    """Secrets are mounted as files in /run/secrets (SECRETS_DIR), never in the environment."""
     found = manifests()
-    config, secret = found["ConfigMap"]["data"], found["Secret"]["stringData"]
+    config = found["ConfigMap"]["data"]
+    secret = found["Secret/orbit-exports"]["stringData"]
+    owner = found["Secret/orbit-exports-migrate"]["stringData"]
     assert set(config) <= SETTINGS_ENV, set(config) - SETTINGS_ENV
     assert set(secret) <= SETTINGS_ENV, set(secret) - SETTINGS_ENV
+    assert set(owner) == {"DATABASE_URL"}
     for name in ("DATABASE_URL", "JWT_SECRET", "B2_APPLICATION_KEY", "REDIS_URL"):
         assert name in secret and name not in config
+    for kind, secret_name in (("Deployment", "orbit-exports"), ("Job", "orbit-exports-migrate")):
+        pod = found[kind]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert secret_mounts(pod) == {"/run/secrets": secret_name}
+        assert not any("secretRef" in source for source in container.get("envFrom", []))
+        assert not any("valueFrom" in item for item in container.get("env", []))
+    # Two roles: the service reads as DB_SERVICE_ROLE; the Job migrates as the owner.
+    for name in ("DATABASE_URL", "DATABASE_LISTEN_URL"):
+        assert secret[name].startswith(f"postgresql://{config['DB_SERVICE_ROLE']}:")
+    assert not owner["DATABASE_URL"].startswith(f"postgresql://{config['DB_SERVICE_ROLE']}:")
     # The ConfigMap and the Secret together are a valid production configuration once every
     # placeholder is replaced; as committed, production refuses each one, by name.
     values: dict[str, Any] = {k.lower(): v for k, v in {**config, **secret}.items()}
@@ -78,7 +106,38 @@ def test_settings_come_from_a_configmap_and_secrets_from_a_secret() -> None:
         assert "Zq9" not in str(refused.value)
     settings = Settings(_env_file=None, **real)  # type: ignore[call-arg]
     settings.check_serving()
-    assert settings.db_prepared_statements is False
+
+
+def test_the_network_policy_lets_in_only_the_load_balancer() -> None:
+    found = manifests()
+    policy = found["NetworkPolicy"]["spec"]
+    labels = found["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    (ingress,) = policy["ingress"]
+    assert [p["port"] for p in ingress["ports"]] == [8000]
+    assert all("namespaceSelector" in peer for peer in ingress["from"])
+    out = {
+        (p.get("protocol", "TCP"), p["port"]) for rule in policy["egress"] for p in rule["ports"]
+    }
+    assert out == {
+        ("TCP", 5432),
+        ("TCP", 6432),
+        ("TCP", 6379),
+        ("UDP", 53),
+        ("TCP", 53),
+        ("TCP", 443),
+    }
+
+
+def test_images_are_pinned_by_version() -> None:
+    found = manifests()
+    for kind in ("Deployment", "Job"):
+        (container,) = found[kind]["spec"]["template"]["spec"]["containers"]
+        _, _, tag = container["image"].partition(":")
+        assert (
+            tag and tag != "latest" and re.fullmatch(r"\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", tag)
+        )
 
 
 def test_disruptions_autoscaling_and_migrations() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 import pytest
@@ -114,19 +115,56 @@ def assert_serves(base: str, jwt_secret: str) -> None:
     assert answer.json()["error"]["code"] == "EXPORT_NOT_FOUND"
 
 
+def create_service_role(database: str, dotenv: dict[str, str], tmp_path: Path) -> None:
+    """What the postgres image does with deploy/compose/initdb when it initialises its volume
+    (roles belong to the server, so an earlier run may have made it already)."""
+    url = make_url(database)
+    found = subprocess.run(
+        ["psql", "-tAc", "SELECT 1 FROM pg_roles WHERE rolname = 'orbit_service'"],
+        env=base_environment() | libpq_environment(url),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if found.stdout.strip():
+        return
+    script = ROOT / "deploy" / "compose" / "initdb" / "10-service-role.sh"
+    env = libpq_environment(url) | {
+        "POSTGRES_USER": url.username or "postgres",
+        "POSTGRES_DB": str(url.database),
+        "SERVICE_DB_PASSWORD": dotenv["SERVICE_DB_PASSWORD"],
+    }
+    run_to_completion(["sh", str(script)], env, tmp_path)
+
+
+def libpq_environment(url: Any) -> dict[str, str]:
+    host = url.query.get("host") or url.host
+    return {"PGHOST": str(host), "PGPORT": str(url.port or 5432), "PGUSER": url.username or ""}
+
+
 def test_the_compose_stack_runs_with_the_env_example(
     fresh_database: str, redis_url: str, tmp_path: Path
 ) -> None:
     dotenv = env_example() | {"JWT_SECRET": secrets.token_urlsafe(32)}
     raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = interpolate(raw, dotenv)["services"]
-    addresses = {"@postgres:": fresh_database, "@pgbouncer:": fresh_database}
+    create_service_role(fresh_database, dotenv, tmp_path)
+
+    def database(compose_url: str) -> str:
+        """The test's server and database, as the compose URL's role (the owner, `orbit`, is
+        whoever owns the test's database)."""
+        given = make_url(compose_url)
+        assert given.host in ("postgres", "pgbouncer"), compose_url
+        url = make_url(fresh_database)
+        if given.username != "orbit":
+            url = url.set(username=given.username, password=given.password)
+        return url.render_as_string(hide_password=False)
 
     def environment(name: str, b2_url: str) -> dict[str, str]:
         env = {k: str(v) for k, v in services[name].get("environment", {}).items()}
         for key in ("DATABASE_URL", "DATABASE_LISTEN_URL"):
             if key in env:
-                env[key] = next(url for host, url in addresses.items() if host in env[key])
+                env[key] = database(env[key])
         if "REDIS_URL" in env:
             assert env["REDIS_URL"].startswith("redis://redis:")
             env["REDIS_URL"] = redis_url
@@ -156,14 +194,34 @@ def test_the_compose_stack_runs_with_the_env_example(
             env = environment(name, b2_url)
             with running(words, env, tmp_path, f"http://127.0.0.1:{port}/livez"):
                 assert_serves(f"http://127.0.0.1:{port}", env["JWT_SECRET"])
+    # The API's role reads, and only reads (granted by the migrate service).
+    assert_read_only(environment("api", b2_url)["DATABASE_URL"])
+
+
+def assert_read_only(url: str) -> None:
+    async def check() -> None:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await connection.fetchval("SELECT count(*) FROM intent_audience_exports")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute("DELETE FROM api_keys")
+        finally:
+            await connection.close()
+
+    asyncio.run(check())
 
 
 def kubernetes() -> dict[str, dict[str, Any]]:
-    documents = (
+    """The manifests by `Kind/name`, and by kind alone for the kinds that come once."""
+    documents = [
         yaml.safe_load(path.read_text())
         for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
-    )
-    return {d["kind"]: d for d in documents if "kind" in d}
+        if path.name != "kustomization.yaml"
+    ]
+    found = {f"{d['kind']}/{d['metadata']['name']}": d for d in documents}
+    for document in documents:
+        found.setdefault(document["kind"], document)
+    return found
 
 
 def operator_secret(placeholders: dict[str, str], addresses: dict[str, str]) -> dict[str, str]:
@@ -179,22 +237,38 @@ def operator_secret(placeholders: dict[str, str], addresses: dict[str, str]) -> 
 
 
 def container_environment(
-    container: dict[str, Any], config: dict[str, str], secret: dict[str, str]
+    pod: dict[str, Any],
+    config: dict[str, str],
+    secrets_by_name: dict[str, dict[str, str]],
+    folder: Path,
 ) -> dict[str, str]:
-    """What Kubernetes gives the container from `envFrom` and `env`."""
+    """What Kubernetes gives the pod's container: `envFrom` and `env`, and Secret volumes as
+    files (one per key), in `folder` standing for their mount path (SECRETS_DIR)."""
+    (container,) = pod["containers"]
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             env |= config
         if "secretRef" in source:
-            env |= secret
+            env |= secrets_by_name[source["secretRef"]["name"]]
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
         elif "secretKeyRef" in item["valueFrom"]:
-            env[item["name"]] = secret[item["valueFrom"]["secretKeyRef"]["key"]]
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secrets_by_name[ref["name"]][ref["key"]]
         else:
             env[item["name"]] = config[item["valueFrom"]["configMapKeyRef"]["key"]]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        assert mount["mountPath"] == "/run/secrets", mount  # SECRETS_DIR's default
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, value in secrets_by_name[secret["secretName"]].items():
+            (folder / key).write_text(value)
+        env["SECRETS_DIR"] = str(folder)
     return env
 
 
@@ -202,30 +276,45 @@ def test_the_kubernetes_job_and_deployment_run_with_what_their_manifests_give(
     fresh_database: str, redis_url: str, tmp_path: Path
 ) -> None:
     found = kubernetes()
-    config = dict(found["ConfigMap"]["data"])
+    config = found["ConfigMap/orbit-exports"]["data"]
     b2_port = free_port()
     b2_url = f"http://127.0.0.1:{b2_port}"
-    addresses = {
-        "DATABASE_URL": fresh_database,
-        "DATABASE_LISTEN_URL": fresh_database,
-        "REDIS_URL": redis_url,
+    # The role the operator made for DB_SERVICE_ROLE (here as compose makes it).
+    create_service_role(fresh_database, env_example(), tmp_path)
+    as_service = make_url(fresh_database).set(username=config["DB_SERVICE_ROLE"], password=None)
+    service_url = as_service.render_as_string(hide_password=False)
+    secrets_by_name = {
+        "orbit-exports": operator_secret(
+            found["Secret/orbit-exports"]["stringData"],
+            {
+                "DATABASE_URL": service_url,
+                "DATABASE_LISTEN_URL": service_url,
+                "REDIS_URL": redis_url,
+            },
+        ),
+        "orbit-exports-migrate": operator_secret(
+            found["Secret/orbit-exports-migrate"]["stringData"], {"DATABASE_URL": fresh_database}
+        ),
     }
-    secret = operator_secret(found["Secret"]["stringData"], addresses)
-    SECRETS.update(v for k, v in secret.items() if k not in addresses)
+    SECRETS.update(secrets_by_name["orbit-exports"].values())
 
-    (job,) = found["Job"]["spec"]["template"]["spec"]["containers"]
-    run_to_completion(argv(job["command"]), container_environment(job, config, secret), tmp_path)
+    job = found["Job"]["spec"]["template"]["spec"]
+    job_env = container_environment(job, config, secrets_by_name, tmp_path / "job-secrets")
+    run_to_completion(argv(job["containers"][0]["command"]), job_env, tmp_path)
 
-    (api,) = found["Deployment"]["spec"]["template"]["spec"]["containers"]
-    env = container_environment(api, config, secret)
+    api = found["Deployment"]["spec"]["template"]["spec"]
+    env = container_environment(api, config, secrets_by_name, tmp_path / "api-secrets")
     assert env["B2_REALM"] == "production"
     port = free_port()
     # B2's stand-in speaks plain http, which production refuses unless allowed on purpose.
     env |= {"B2_REALM": b2_url, "PORT": str(port), "ALLOW_PLAIN_HTTP": "true"}
+    key = secrets_by_name["orbit-exports"]
     emulator = [DEV_CLI, "b2-emulator", "--port", str(b2_port), "--bucket", "orbit-exports"]
-    emulator += ["--key-id", env["B2_APPLICATION_KEY_ID"], "--key", env["B2_APPLICATION_KEY"]]
+    emulator += ["--key-id", key["B2_APPLICATION_KEY_ID"], "--key", key["B2_APPLICATION_KEY"]]
+    command = argv(api["containers"][0]["command"])
     with (
         running(emulator, {}, tmp_path, f"{b2_url}/_emulator/health"),
-        running(argv(api["command"]), env, tmp_path, f"http://127.0.0.1:{port}/livez"),
+        running(command, env, tmp_path, f"http://127.0.0.1:{port}/livez"),
     ):
-        assert_serves(f"http://127.0.0.1:{port}", env["JWT_SECRET"])
+        assert_serves(f"http://127.0.0.1:{port}", key["JWT_SECRET"])
+    assert_read_only(service_url)
