@@ -30,7 +30,8 @@ from app.auth.rate_limit import InMemoryRateLimiter, RateLimiter
 from app.auth.shared_rate_limit import RedisRateLimiter
 from app.core import metrics
 from app.core.sealing import Sealer
-from app.core.settings import Settings, allowed_buckets
+from app.core.settings import Settings, allowed_buckets, secrets_dir
+from app.core.settings_reload import SettingsReloader
 from app.core.shared_state import RedisGuard, key_prefix, redis_client, shared_state_secret
 from app.db.connection import database_url
 from app.db.database import Database
@@ -55,10 +56,15 @@ class Components:
     export_backends: ExportBackends
     readiness: Readiness
     metrics_access: MetricsAccess | None
+    # Secrets and limits read again on SIGHUP and on a change in SECRETS_DIR; None when the
+    # settings were given whole (an app built in a test, say).
+    reloader: SettingsReloader | None
 
 
 @contextlib.asynccontextmanager
-async def open_components(settings: Settings) -> AsyncIterator[Components]:
+async def open_components(
+    settings: Settings, reload_from: Callable[[], Settings] | None = None
+) -> AsyncIterator[Components]:
     # Started once everything is built, cancelled at shutdown.
     background: list[Callable[[], Coroutine[Any, Any, None]]] = []
     # Set once revocations are being heard: requests then start with nothing to forget.
@@ -127,15 +133,25 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             on_fallback=count if settings.metrics_enabled else None,
         )
 
-    rate_limiter: RateLimiter | None = None
-    if settings.rate_limit_per_minute:
+    def rate_limiter_for(settings: Settings) -> RateLimiter | None:
+        if not settings.rate_limit_per_minute:
+            return None
         per_minute, burst = settings.rate_limit_per_minute, settings.rate_limit_burst
-        rate_limiter = InMemoryRateLimiter(per_minute, burst)
-        if redis is not None:
-            rate_limiter = RedisRateLimiter(
-                guard("rate_limit", limiter_redis), per_minute, burst, rate_limiter, prefix=prefix
-            )
-    authenticator = Authenticator(JwtVerifier(settings, jwks), api_keys, rate_limiter)
+        local = InMemoryRateLimiter(per_minute, burst)
+        if limiter_redis is None:
+            return local
+        return RedisRateLimiter(
+            guard("rate_limit", limiter_redis), per_minute, burst, local, prefix=prefix
+        )
+
+    verifier = JwtVerifier(
+        settings,
+        jwks,
+        on_previous_secret=metrics.observe_previous_jwt_secret
+        if settings.metrics_enabled
+        else None,
+    )
+    authenticator = Authenticator(verifier, api_keys, rate_limiter_for(settings))
 
     observe_b2 = metrics.observe_b2_call if settings.metrics_enabled else None
     native = settings.storage_signer == "b2-native"
@@ -146,20 +162,23 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
     )
     local_tokens = InMemoryTokenCache.from_settings(settings)
     signer: UrlSigner | None = None
+    shared_tokens: RedisTokenCache | None = None
+    s3_signer = None
     if not native:
         # Local signing: no B2 call, nothing to share through Redis, no breaker.
         from app.storage.s3_signer import S3Signer
 
-        signer = S3Signer(settings, local_tokens)
+        signer = s3_signer = S3Signer(settings, local_tokens)
     elif b2 is not None:
         token_cache: TokenCache = local_tokens
         if redis is not None:
             rejected = partial(metrics.observe_shared_state_rejected, "download_tokens")
-            token_cache = RedisTokenCache(
+            token_cache = shared_tokens = RedisTokenCache(
                 guard("download_tokens", redis),
                 local_tokens,
                 sealer=Sealer(shared_state_secret(settings), SEALING_PURPOSE),
                 prefix=prefix,
+                b2_key_id=b2.key_id,
                 url_for=partial(download_url, b2),
                 wait_seconds=settings.storage_timeout_seconds,
                 on_rejected=rejected if settings.metrics_enabled else None,
@@ -188,6 +207,43 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             sampler, token.get_secret_value().encode() if token is not None else None
         )
 
+    def apply(new: Settings, changed: frozenset[str]) -> None:
+        """A reload's new secrets and limits, each to the one component that uses them."""
+        if changed & {"jwt_secret", "jwt_previous_secrets"}:
+            verifier.rotate(new)
+        if changed & {"b2_application_key_id", "b2_application_key"} and b2 is not None:
+            b2.rotate(new)
+            if isinstance(signer, DownloadSigner):
+                signer.rotate_tokens(b2.key_id)
+        if s3_signer is not None and changed & {
+            "s3_access_key_id",
+            "s3_secret_access_key",
+            "b2_application_key_id",
+            "b2_application_key",
+        }:
+            s3_signer.rotate(new)
+        if "metrics_token" in changed and metrics_access is not None:
+            token = new.metrics_token
+            metrics_access.token = token.get_secret_value().encode() if token is not None else None
+        if "shared_state_secret" in changed and shared_tokens is not None:
+            shared_tokens.reseal(Sealer(shared_state_secret(new), SEALING_PURPOSE))
+        if changed & {"rate_limit_per_minute", "rate_limit_burst"}:
+            limiter = authenticator.rate_limiter
+            if limiter is not None and new.rate_limit_per_minute:
+                limiter.configure(new.rate_limit_per_minute, new.rate_limit_burst)
+            else:
+                authenticator.rate_limiter = rate_limiter_for(new)
+
+    reloader = None
+    if reload_from is not None:
+        reloader = SettingsReloader(
+            settings,
+            reload_from,
+            apply,
+            on_refused=metrics.observe_refused_reload if settings.metrics_enabled else None,
+        )
+        background.append(partial(reloader.watch, secrets_dir(), settings.settings_reload_seconds))
+
     components = Components(
         authenticator=authenticator,
         export_backends=ExportBackends(database=db, signer=signer),
@@ -197,6 +253,7 @@ async def open_components(settings: Settings) -> AsyncIterator[Components]:
             grace=settings.readiness_dependency_grace_seconds,
         ),
         metrics_access=metrics_access,
+        reloader=reloader,
     )
     await db.open()
     tasks = [asyncio.create_task(job()) for job in background]

@@ -7,9 +7,12 @@ another one (the tests do, with their own settings). The lifespan opens the comp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -38,11 +41,15 @@ from app.core.settings import (
     get_settings,
     report_configuration_error,
 )
+from app.core.settings_reload import SettingsReloader, load_settings
 from app.exports import router as exports
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app for `settings`; ConfigurationError when they cannot serve."""
+def create_app(
+    settings: Settings | None = None, *, reload_from: Callable[[], Settings] | None = None
+) -> FastAPI:
+    """The app for `settings`; ConfigurationError when they cannot serve. With `reload_from`,
+    secrets and limits are read again from it on SIGHUP and when SECRETS_DIR changes."""
     settings = settings or get_settings()
     settings.check_serving()
     # Worker processes start fresh: give them the same log setup as the command.
@@ -51,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop_with_supervisor()
-        async with open_components(settings) as components:
+        async with open_components(settings, reload_from) as components:
             app.state.authenticator = components.authenticator
             app.state.export_backends = components.export_backends
             app.state.readiness = components.readiness
@@ -62,7 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.freeze()
             gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
             components.readiness.started = True
-            with health.draining_on_sigterm(components.readiness):
+            with (
+                health.draining_on_sigterm(components.readiness),
+                reloading_on_sighup(components.reloader),
+            ):
                 yield
 
     app = FastAPI(
@@ -83,6 +93,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics_endpoint.router)
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+@contextlib.contextmanager
+def reloading_on_sighup(reloader: SettingsReloader | None) -> Iterator[None]:
+    """SIGHUP reloads the settings in this process (one worker: `orbit-exports serve` with
+    WEB_CONCURRENCY=1, `uvicorn app.main:app`). With several workers SIGHUP reaches uvicorn's
+    supervisor, which replaces each worker by one started on the new settings, the new one
+    serving before the old one stops."""
+    if reloader is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def middleware_stack(settings: Settings) -> list[Middleware]:
@@ -131,7 +158,7 @@ def _app_from_environment() -> FastAPI:
     """The app for `uvicorn app.main:app`: invalid settings end the process with one line
     (exit code 2), never with pydantic's traceback, which quotes the values, secrets included."""
     try:
-        return create_app(get_settings())
+        return create_app(get_settings(), reload_from=load_settings)
     except ValidationError as exc:
         raise SystemExit(report_configuration_error(describe_invalid_settings(exc))) from None
     except ConfigurationError as exc:

@@ -14,9 +14,10 @@ from app.core.metrics import WorkerSampler, exposition
 router = APIRouter()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MetricsAccess:
     sampler: WorkerSampler
+    # METRICS_TOKEN, replaced when it is rotated (a reload).
     token: bytes | None
 
 

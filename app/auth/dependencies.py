@@ -83,7 +83,7 @@ class Authenticator:
     ) -> None:
         self._jwt_verifier = jwt_verifier
         self._api_keys = api_keys
-        self._rate_limiter = rate_limiter
+        self.rate_limiter = rate_limiter
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal | None:
         """The caller, None when no credentials were sent; Unauthorized when they are wrong."""
@@ -97,8 +97,9 @@ class Authenticator:
         return None
 
     async def check_rate(self, principal: Principal) -> None:
-        if self._rate_limiter is not None:
-            wait = await self._rate_limiter.retry_after(principal.rate_limit_key)
+        limiter = self.rate_limiter
+        if limiter is not None:
+            wait = await limiter.retry_after(principal.rate_limit_key)
             if wait is not None:
                 raise RateLimited(wait)
 

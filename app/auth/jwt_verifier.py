@@ -4,6 +4,7 @@ and audience when configured, a cache of verified tokens) and the JWKS it takes 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -159,6 +160,41 @@ def _verifies(alg: str, key: jwt.PyJWK) -> bool:
     return curve is None or getattr(getattr(key.key, "curve", None), "name", None) == curve
 
 
+@dataclass(frozen=True, slots=True)
+class _HmacSecrets:
+    """JWT_SECRET and JWT_PREVIOUS_SECRETS, each with a fingerprint (a digest, never logged)
+    that cached verifications keep, so dropping a secret drops what it verified."""
+
+    current: tuple[str, str] | None
+    previous: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, settings: Settings) -> _HmacSecrets:
+        def fingerprinted(secret: str) -> tuple[str, str]:
+            return hashlib.sha256(secret.encode()).hexdigest()[:16], secret
+
+        current = settings.jwt_secret
+        return cls(
+            fingerprinted(current.get_secret_value()) if current is not None else None,
+            tuple(fingerprinted(p.get_secret_value()) for p in settings.jwt_previous_secrets),
+        )
+
+    def candidates(self) -> tuple[tuple[str, str], ...]:
+        """The current secret first: the steady state verifies with one HMAC."""
+        return ((self.current,) if self.current else ()) + self.previous
+
+    def accepts(self, fingerprint: str) -> bool:
+        return fingerprint == _JWKS or any(fingerprint == f for f, _ in self.candidates())
+
+    def is_previous(self, fingerprint: str) -> bool:
+        return any(fingerprint == f for f, _ in self.previous)
+
+
+# What a token verified with a JWKS key is remembered with (keys removed from the JWKS stop
+# working within JWT_JWKS_REFRESH_SECONDS + JWT_CACHE_SECONDS, as before).
+_JWKS = "jwks"
+
+
 class JwtVerifier:
     def __init__(
         self,
@@ -167,9 +203,11 @@ class JwtVerifier:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_previous_secret: Callable[[], None] | None = None,
     ) -> None:
         self._algorithms = frozenset(settings.jwt_algorithms)
-        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self._secrets = _HmacSecrets.of(settings)
+        self._on_previous_secret = on_previous_secret
         self._jwks = jwks
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
@@ -177,7 +215,10 @@ class JwtVerifier:
         self._leeway = settings.jwt_leeway_seconds
         self._cache_seconds = settings.jwt_cache_seconds
         self._wall_clock = wall_clock
-        self._verified: TtlCache[str, Principal] = TtlCache(VERIFIED_TOKENS_CACHED, monotonic)
+        # A verified token's principal and the fingerprint of what verified it.
+        self._verified: TtlCache[str, tuple[Principal, str]] = TtlCache(
+            VERIFIED_TOKENS_CACHED, monotonic
+        )
         required = ["exp", "sub"]
         if self._issuer is not None:
             required.append("iss")
@@ -188,50 +229,54 @@ class JwtVerifier:
             "verify_aud": self._audience is not None,
         }
 
-    def _key_for(self, header: dict[str, Any]) -> tuple[str, Any]:
+    def rotate(self, settings: Settings) -> None:
+        """New HMAC secrets (a reload): tokens verified with a secret no longer listed, cached
+        ones included, are verified again at their next use, and refused."""
+        self._secrets = _HmacSecrets.of(settings)
+
+    def _keys_for(self, header: dict[str, Any]) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        """The token's algorithm and the (fingerprint, key) pairs that may have signed it."""
         alg = header.get("alg")
         # The algorithm allow-list comes from settings; the token's header only picks among it.
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise Unauthorized("The bearer token's signing algorithm is not accepted.")
         if alg in HMAC_ALGORITHMS:
-            if self._secret is None:
+            candidates = self._secrets.candidates()
+            if not candidates:
                 raise Unauthorized("This server does not accept HMAC-signed tokens.")
-            return alg, self._secret
+            return alg, candidates
         kid = header.get("kid")
         signing_key = self._jwks.get(kid) if self._jwks and isinstance(kid, str) else None
         if signing_key is None:
             raise Unauthorized("The bearer token's signing key is not known.")
         if signing_key.declared_alg not in (None, alg) or not _verifies(alg, signing_key.key):
             raise Unauthorized("The bearer token's signing algorithm is not accepted.")
-        return alg, signing_key.key.key
+        return alg, ((_JWKS, signing_key.key.key),)
 
     def verify(self, token: str) -> Principal:
         """The token's principal. A verified token is remembered for `JWT_CACHE_SECONDS`, never
         past its own `exp`: the dashboard sends the same token on every call, and checking its
         signature again each time was most of what a JWT request cost over an API-key one."""
-        principal = self._verified.get(token)
-        if principal is None:
-            principal, expires = self._verify(token)
+        secrets = self._secrets
+        cached = self._verified.get(token)
+        if cached is not None and secrets.accepts(cached[1]):
+            principal, verified_by = cached
+        else:
+            principal, verified_by, expires = self._verify(token)
             lifetime = min(self._cache_seconds, expires - self._wall_clock())
-            self._verified.put(token, principal, lifetime)
+            self._verified.put(token, (principal, verified_by), lifetime)
+        if self._on_previous_secret is not None and secrets.is_previous(verified_by):
+            self._on_previous_secret()
         return principal
 
-    def _verify(self, token: str) -> tuple[Principal, float]:
+    def _verify(self, token: str) -> tuple[Principal, str, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthorized("The bearer token is not a well-formed JWT.") from None
-        alg, key = self._key_for(header)
+        alg, keys = self._keys_for(header)
         try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=self._audience,
-                issuer=self._issuer,
-                leeway=self._leeway,
-                options=self._options,
-            )
+            claims, verified_by = self._decode(token, alg, keys)
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The bearer token has expired.") from None
         except jwt.ImmatureSignatureError:
@@ -252,4 +297,27 @@ class JwtVerifier:
             raise Unauthorized(f"The bearer token has no valid '{self._org_claim}' claim.")
         principal = Principal(organization_id=organization_id, actor_id=subject, method="jwt")
         # `exp` is required and was checked to be a number by the decode above.
-        return principal, float(claims["exp"])
+        return principal, verified_by, float(claims["exp"])
+
+    def _decode(
+        self, token: str, alg: str, keys: tuple[tuple[str, Any], ...]
+    ) -> tuple[dict[str, Any], str]:
+        """The verified claims and the fingerprint of the key that verified them; a signature
+        that none of `keys` verifies raises the last InvalidSignatureError."""
+        for index, (fingerprint, key) in enumerate(keys):
+            try:
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[alg],
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    leeway=self._leeway,
+                    options=self._options,
+                )
+            except jwt.InvalidSignatureError:
+                if index == len(keys) - 1:
+                    raise
+                continue
+            return claims, fingerprint
+        raise jwt.InvalidSignatureError

@@ -24,15 +24,22 @@ class RateLimiter(Protocol):
         """Take one request from `credential`'s allowance: None if allowed, else whole seconds
         to wait before the next one would be."""
 
+    def configure(self, per_minute: int, burst: int) -> None:
+        """New limits (a reload)."""
+
 
 class InMemoryRateLimiter:
     def __init__(
         self, per_minute: int, burst: int, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
         self._monotonic = monotonic
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.configure(per_minute, burst)
+
+    def configure(self, per_minute: int, burst: int) -> None:
+        """New limits (a reload); buckets carry on from where they are."""
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
 
     async def retry_after(self, credential: str) -> int | None:
         return self.take(credential)

@@ -75,11 +75,16 @@ class RedisRateLimiter:
         self._guard = guard
         self._key_prefix = rate_key_prefix(prefix)
         self._script = guard.redis.register_script(GCRA)
-        self._interval_ms = 60_000 / per_minute
-        self._burst = burst
         self._fallback = fallback
+        self.configure(per_minute, burst)
         self._waiting: list[tuple[str, asyncio.Future[int]]] = []
         self._sender: asyncio.Task[None] | None = None
+
+    def configure(self, per_minute: int, burst: int) -> None:
+        """New limits (a reload): GCRA's state is a time, valid under any rate."""
+        self._interval_ms = 60_000 / per_minute
+        self._burst = burst
+        self._fallback.configure(per_minute, burst)
 
     async def retry_after(self, credential: str) -> int | None:
         loop = asyncio.get_running_loop()

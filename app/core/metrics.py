@@ -84,6 +84,15 @@ IGNORED_NOTIFICATIONS = Counter(
     "orbit_key_change_notifications_ignored_total",
     "Notifications on the API-key channel whose payload was not a key hash (ignored).",
 )
+PREVIOUS_JWT_SECRET = Counter(
+    "orbit_jwt_previous_secret_total",
+    "Requests whose dashboard token was verified with one of JWT_PREVIOUS_SECRETS: the"
+    " rotation's overlap can end once this stays flat.",
+)
+REFUSED_RELOADS = Counter(
+    "orbit_settings_reload_refused_total",
+    "Settings reloads refused because the new values were invalid (the running ones stayed).",
+)
 DB_POOL_SIZE = Gauge(
     "orbit_db_pool_size",
     "Connections the database pool keeps open (pool size), summed over live workers.",
@@ -126,6 +135,14 @@ def observe_shared_state_rejected(component: str) -> None:
 
 def observe_ignored_notification() -> None:
     IGNORED_NOTIFICATIONS.inc()
+
+
+def observe_previous_jwt_secret() -> None:
+    PREVIOUS_JWT_SECRET.inc()
+
+
+def observe_refused_reload() -> None:
+    REFUSED_RELOADS.inc()
 
 
 def observe_b2_call(url: str, outcome: str, seconds: float) -> None:

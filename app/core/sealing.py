@@ -6,6 +6,7 @@ deployment), nor one of their own."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 
@@ -37,6 +38,9 @@ class Sealer:
             info=b"orbit-exports shared state: " + purpose.encode(),
         ).derive(secret)
         self._aead = AESGCM(key)
+        # Names the key without revealing it (a digest of the derived key): values sealed with
+        # another secret live under other names.
+        self.key_id = hashlib.sha256(b"key id:" + key).hexdigest()[:16]
 
     def seal(self, plaintext: bytes, associated: bytes) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)

@@ -7,6 +7,7 @@ they always agree on the database and on B2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -128,6 +129,22 @@ class Settings(BaseSettings):
     # the database, and a few-second restart must not empty the load balancer.
     readiness_dependency_grace_seconds: float = Field(30.0, ge=0, le=3600)
 
+    # Secrets and limits are read again from their files (SECRETS_DIR, .env) on SIGHUP, and by
+    # themselves within this many seconds of a change in SECRETS_DIR.
+    settings_reload_seconds: float = Field(30.0, ge=1, le=3600)
+
+    # The audit of every download URL handed out (AUDIT=off: none), written off the request path:
+    # at most every AUDIT_FLUSH_SECONDS (or per 1,000 records) in one statement, from a queue
+    # of at most AUDIT_QUEUE_MAX records per process (beyond: counted, logged once a minute).
+    audit: bool = True
+    audit_flush_seconds: float = Field(1.0, gt=0, le=60)
+    audit_queue_max: int = Field(100_000, ge=1000, le=10_000_000)
+    # `orbit-exports audit prune` (the Kubernetes CronJob) keeps this many days.
+    audit_retention_days: int = Field(90, ge=1, le=36_500)
+    # Peers whose X-Forwarded-For is believed (addresses or CIDR blocks, comma separated): the
+    # audit's client_ip is the nearest address that is not one of them. Empty: the peer.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+
     # On SIGTERM, in-flight requests get this long to finish before the process exits.
     shutdown_grace_seconds: int = Field(20, ge=0, le=600)
 
@@ -160,6 +177,11 @@ class Settings(BaseSettings):
 
     # Dashboard JWTs.
     jwt_secret: SecretStr | None = None
+    # Earlier secrets still accepted for verification (never for anything else) while an
+    # overlap lasts, comma separated, each at least 32 characters: rotate JWT_SECRET without
+    # signing every dashboard user out. Tokens they verify are counted
+    # (orbit_jwt_previous_secret_total): the overlap can end when that stays flat.
+    jwt_previous_secrets: Annotated[list[SecretStr], NoDecode] = []
     jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
     jwt_jwks_url: str | None = None
     jwt_jwks_refresh_seconds: int = Field(300, ge=10, le=86_400)
@@ -210,7 +232,14 @@ class Settings(BaseSettings):
     # true allows plain http:// to them, for a private network you trust.
     allow_plain_http: bool = False
 
-    @field_validator("jwt_algorithms", "cors_allow_origins", "allowed_buckets", mode="before")
+    @field_validator(
+        "jwt_algorithms",
+        "cors_allow_origins",
+        "allowed_buckets",
+        "jwt_previous_secrets",
+        "trusted_proxies",
+        mode="before",
+    )
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -236,6 +265,18 @@ class Settings(BaseSettings):
                     "CORS_ALLOW_ORIGINS takes exact origins like https://app.example.com,"
                     f" not {origin!r}"
                 )
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TRUSTED_PROXIES takes addresses or CIDR blocks, not {network!r}"
+                ) from None
         return value
 
     @field_validator("allowed_buckets")
@@ -269,6 +310,12 @@ class Settings(BaseSettings):
             secret = self.jwt_secret.get_secret_value()
             if len(secret) < MIN_JWT_SECRET_LENGTH:
                 raise ValueError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters")
+        for previous in self.jwt_previous_secrets:
+            if len(previous.get_secret_value()) < MIN_JWT_SECRET_LENGTH:
+                raise ValueError(
+                    f"each of JWT_PREVIOUS_SECRETS must be at least {MIN_JWT_SECRET_LENGTH}"
+                    " characters"
+                )
         if self.environment == "production":
             problems = self._weak_in_production()
             if problems:
@@ -285,6 +332,8 @@ class Settings(BaseSettings):
         """What production refuses: a placeholder or a short value in any secret (a password in
         a URL included), and plain http:// to a remote endpoint unless allowed on purpose."""
         problems = []
+        if any(_PLACEHOLDER.search(p.get_secret_value()) for p in self.jwt_previous_secrets):
+            problems.append("JWT_PREVIOUS_SECRETS still holds a placeholder value")
         for name, minimum in _SECRET_SETTINGS.items():
             value = getattr(self, name)
             if value is None:

@@ -20,6 +20,7 @@ from typing import Any
 import requests
 from b2sdk.v2 import B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache
 from b2sdk.v2.exception import B2Error
+from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
 from app.core.errors import StorageError, StorageUnavailable
@@ -92,6 +93,17 @@ def _http_session(timeout: float, observe: B2CallObserver | None) -> requests.Se
     return session
 
 
+class _Account:
+    """One application key's b2sdk API (its account info, cache and session): replaced whole
+    when the key rotates, so a call in progress finishes with the key it started with."""
+
+    def __init__(self, api: BoundedB2Api, key_id: str, key: SecretStr) -> None:
+        self.api = api
+        self.key_id = key_id
+        self.key = key
+        self.authorized_at: float | None = None
+
+
 class B2Client:
     def __init__(
         self,
@@ -100,18 +112,29 @@ class B2Client:
         observe_call: B2CallObserver | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        assert settings.b2_application_key_id and settings.b2_application_key
-        self._key_id = settings.b2_application_key_id
-        self._key = settings.b2_application_key
         self._realm = settings.b2_realm
         self._timeout = settings.storage_timeout_seconds
         self._reauthorize_after = settings.b2_reauthorize_after_seconds
         self._monotonic = monotonic
-        self._api = BoundedB2Api(
+        self._observe_call = observe_call
+        self._account = self._new_account(settings)
+        # The last account that completed an authorization: it knows the download host (the
+        # same for every key of the account) while a rotated-in key is being authorized.
+        self._authorized: _Account | None = None
+        self.breaker = CircuitBreaker(
+            settings.storage_breaker_threshold, settings.storage_breaker_cooldown_seconds, monotonic
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.storage_max_threads, thread_name_prefix="b2"
+        )
+
+    def _new_account(self, settings: Settings) -> _Account:
+        assert settings.b2_application_key_id and settings.b2_application_key
+        api = BoundedB2Api(
             InMemoryAccountInfo(),
             cache=InMemoryCache(),
             api_config=B2HttpApiConfig(
-                http_session_factory=partial(_http_session, self._timeout, observe_call),
+                http_session_factory=partial(_http_session, self._timeout, self._observe_call),
                 user_agent_append="orbit-exports",
                 # Otherwise b2sdk replaces the session's adapters with its own, dropping the
                 # deadline cap and the call metrics of _DeadlineAdapter. (It only affects how
@@ -119,32 +142,40 @@ class B2Client:
                 decode_content=True,
             ),
         )
-        self.breaker = CircuitBreaker(
-            settings.storage_breaker_threshold, settings.storage_breaker_cooldown_seconds, monotonic
-        )
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.storage_max_threads, thread_name_prefix="b2"
-        )
-        self._authorized_at: float | None = None
+        return _Account(api, settings.b2_application_key_id, settings.b2_application_key)
+
+    @property
+    def key_id(self) -> str:
+        """The application key in use (not a secret: B2 shows it in every listing)."""
+        return self._account.key_id
+
+    def rotate(self, settings: Settings) -> None:
+        """A new key pair (a reload): calls from now on authorize with it (a new b2sdk account
+        info); calls in progress finish with the old one. Authorized in the background."""
+        self._account = self._new_account(settings)
+        self.start()
 
     # --- runs on the B2 thread pool -------------------------------------------------------
 
-    def _authorize(self, force: bool = False) -> None:
-        with self._api.auth_lock:
+    def _authorize(self, account: _Account, force: bool = False) -> None:
+        with account.api.auth_lock:
             fresh = (
-                self._authorized_at is not None
-                and self._monotonic() - self._authorized_at < self._reauthorize_after
+                account.authorized_at is not None
+                and self._monotonic() - account.authorized_at < self._reauthorize_after
             )
             if fresh and not force:
                 return
-            self._api.authorize_account(self._realm, self._key_id, self._key.get_secret_value())
-            self._authorized_at = self._monotonic()
+            account.api.authorize_account(
+                self._realm, account.key_id, account.key.get_secret_value()
+            )
+            account.authorized_at = self._monotonic()
+            self._authorized = account
             logger.info("authorized with B2")
 
-    def _ensure_authorized(self) -> None:
-        authorized_at = self._authorized_at
+    def _ensure_authorized(self, account: _Account) -> None:
+        authorized_at = account.authorized_at
         if authorized_at is None or self._monotonic() - authorized_at >= self._reauthorize_after:
-            self._authorize()
+            self._authorize(account)
 
     def _download_authorization(
         self, bucket_name: str, file_name: str, ttl: int, disposition: str, deadline: float
@@ -153,14 +184,15 @@ class B2Client:
             # Queued behind slower calls past the caller's deadline: nobody waits for this now.
             raise TimeoutError
         _caller_deadline.at = deadline
+        account = self._account
         try:
             try:
-                self._ensure_authorized()
+                self._ensure_authorized(account)
             except B2Error as exc:
                 # The account itself is unusable (wrong key, B2 down): every file is affected.
                 raise AccountUnusable(type(exc).__name__) from exc
-            bucket = self._api.get_bucket_by_name(bucket_name)
-            return get_download_authorization(self._api, bucket.id_, file_name, ttl, disposition)
+            bucket = account.api.get_bucket_by_name(bucket_name)
+            return get_download_authorization(account.api, bucket.id_, file_name, ttl, disposition)
         finally:
             _caller_deadline.at = None
 
@@ -213,12 +245,13 @@ class B2Client:
 
     def download_url(self, bucket_name: str, file_name: str) -> str:
         """The file's download URL by name, without authorization (known once authorized)."""
-        url: str = self._api.get_download_url_for_file_name(bucket_name, file_name)
+        account = self._authorized or self._account
+        url: str = account.api.get_download_url_for_file_name(bucket_name, file_name)
         return url
 
     def start(self) -> None:
         """Authorize in the background so the first request does not pay for it."""
-        future = self._executor.submit(self._authorize)
+        future = self._executor.submit(self._authorize, self._account)
         future.add_done_callback(_log_background_failure)
 
     def close(self) -> None:

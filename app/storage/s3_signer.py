@@ -66,15 +66,24 @@ class S3Signer:
         from awscrt import auth, http
 
         self._auth, self._http = auth, http
-        key_id, secret = settings.s3_credentials
-        assert key_id and secret  # Settings refuses s3 without them
-        self._credentials = auth.AwsCredentialsProvider.new_static(key_id, secret)
+        self._credentials = self._credentials_of(settings)
         self._region = settings.s3_region
         self._endpoint = _Endpoint(settings)
         self._ttl = min(settings.export_url_ttl_seconds, MAX_S3_URL_SECONDS)
         self._cache = cache
         self._clock = clock
         self._allowed = allowed_buckets(settings)
+
+    def _credentials_of(self, settings: Settings) -> object:
+        key_id, secret = settings.s3_credentials
+        assert key_id and secret  # Settings refuses s3 without them
+        return self._auth.AwsCredentialsProvider.new_static(key_id, secret)
+
+    def rotate(self, settings: Settings) -> None:
+        """A new key pair (a reload): URLs are signed with it from now on, and none signed with
+        the old one is handed out again."""
+        self._credentials = self._credentials_of(settings)
+        self._cache.clear()
 
     async def sign(
         self, bucket_name: str, file_name: str, not_after: datetime | None

@@ -11,8 +11,10 @@ What Redis holds is untrusted on the way back, and useless to whoever reads it:
   deployment's key prefix, the signer, the bucket and the file name; the URL is rebuilt from
   the export's own row. A value that fails to open, decode or bind is a miss: counted, logged
   at most once a minute, and the file is signed afresh.
-- Key names are the prefix and a digest of the length-prefixed signer, bucket and file name:
-  no file name, no token, nothing another deployment sharing the Redis database would read.
+- Key names are the prefix and a digest of the length-prefixed signer, B2 key id, sealing key
+  id, bucket and file name: no file name, no token, nothing another deployment sharing the
+  Redis database would read. A rotated B2 key or shared-state secret starts a new namespace
+  (the old values are never looked up again, nor counted as rejected).
 When Redis is down or slow (`RedisGuard`) every replica works alone, as without Redis.
 """
 
@@ -47,10 +49,11 @@ return 0
 """
 
 
-def redis_keys(prefix: str, key: FileKey) -> tuple[str, str]:
+def redis_keys(prefix: str, b2_key_id: str, sealer: Sealer, key: FileKey) -> tuple[str, str]:
     """The token's and the mint lock's key names for one file."""
     bucket, file_name = key
-    digest = hashlib.sha256(length_prefixed(SIGNER, bucket, file_name)).hexdigest()
+    parts = length_prefixed(SIGNER, b2_key_id, sealer.key_id, bucket, file_name)
+    digest = hashlib.sha256(parts).hexdigest()
     return f"{prefix}token:{digest}", f"{prefix}mint:{digest}"
 
 
@@ -62,6 +65,7 @@ class RedisTokenCache:
         *,
         sealer: Sealer,
         prefix: str,
+        b2_key_id: str,
         url_for: Callable[[FileKey, str], str],
         wait_seconds: float,
         on_rejected: Callable[[], None] | None = None,
@@ -73,6 +77,7 @@ class RedisTokenCache:
         self._local = local
         self._sealer = sealer
         self._prefix = prefix
+        self._b2_key_id = b2_key_id
         self._url_for = url_for
         self._wait_seconds = wait_seconds
         self._lock_ms = max(1, int(wait_seconds * 1000))
@@ -80,6 +85,18 @@ class RedisTokenCache:
         self._warned_at = -math.inf
         self._monotonic = monotonic
         self.counts: LookupCounts = local.counts
+
+    def rotate(self, b2_key_id: str) -> None:
+        """Tokens of another B2 key: dropped here, never looked up in Redis again."""
+        self._b2_key_id = b2_key_id
+        self._local.clear()
+
+    def reseal(self, sealer: Sealer) -> None:
+        """A new shared-state secret: values sealed with the old one are no longer looked up."""
+        self._sealer = sealer
+
+    def _keys(self, key: FileKey) -> tuple[str, str]:
+        return redis_keys(self._prefix, self._b2_key_id, self._sealer, key)
 
     async def get(
         self, key: FileKey, now: datetime, not_after: datetime | None
@@ -101,7 +118,7 @@ class RedisTokenCache:
         expires_ms = int(token.expires_at.timestamp() * 1000)
         plain = struct.pack(">q", expires_ms) + token.credential.encode()
         value = self._sealer.seal(plain, self._bound_to(key))
-        token_key, _ = redis_keys(self._prefix, key)
+        token_key, _ = self._keys(key)
         with contextlib.suppress(Unavailable):
             await self._guard.run(lambda: self._redis.set(token_key, value, px=lifetime_ms))
 
@@ -112,7 +129,7 @@ class RedisTokenCache:
         not_after: datetime | None,
         mint: Callable[[], Awaitable[SignedToken]],
     ) -> SignedToken:
-        token_key, lock = redis_keys(self._prefix, key)
+        token_key, lock = self._keys(key)
         nonce = uuid.uuid4().hex
         try:
             mine = await self._guard.run(
@@ -145,7 +162,7 @@ class RedisTokenCache:
     async def _shared(
         self, key: FileKey, now: datetime, not_after: datetime | None
     ) -> SignedToken | None:
-        token_key, _ = redis_keys(self._prefix, key)
+        token_key, _ = self._keys(key)
         try:
             raw = await self._guard.run(lambda: self._redis.get(token_key))
         except Unavailable:
@@ -175,7 +192,7 @@ class RedisTokenCache:
 
     def _bound_to(self, key: FileKey) -> bytes:
         bucket, file_name = key
-        return length_prefixed(self._prefix, SIGNER, bucket, file_name)
+        return length_prefixed(self._prefix, SIGNER, self._b2_key_id, bucket, file_name)
 
     def _rejected(self) -> None:
         if self._on_rejected is not None:

@@ -115,6 +115,11 @@ class DownloadSigner:
         self._clock = clock
         self._pending: dict[FileKey, asyncio.Future[SignedToken]] = {}
 
+    def rotate_tokens(self, b2_key_id: str) -> None:
+        """The B2 key rotated: tokens it minted are not handed out again (one mint per file
+        follows)."""
+        self._cache.rotate(b2_key_id)
+
     async def sign(
         self, bucket_name: str, file_name: str, not_after: datetime | None
     ) -> SignedDownload:

@@ -40,6 +40,9 @@ class TokenCache(Protocol):
 
     async def put(self, key: FileKey, token: SignedToken) -> None: ...
 
+    def rotate(self, b2_key_id: str) -> None:
+        """Tokens minted with another B2 key are not handed out again."""
+
     async def shared_mint(
         self,
         key: FileKey,
@@ -69,6 +72,10 @@ class InMemoryTokenCache:
     def __len__(self) -> int:
         return len(self._tokens)
 
+    def clear(self) -> None:
+        """Forget every URL (a key rotated: none signed with the old one is handed out again)."""
+        self._tokens.clear()
+
     async def get(
         self, key: FileKey, now: datetime, not_after: datetime | None
     ) -> SignedToken | None:
@@ -96,6 +103,9 @@ class InMemoryTokenCache:
 
     async def put(self, key: FileKey, token: SignedToken) -> None:
         self.remember(key, token)
+
+    def rotate(self, b2_key_id: str) -> None:
+        self.clear()
 
     def remember(self, key: FileKey, token: SignedToken) -> None:
         if self._max_size == 0:

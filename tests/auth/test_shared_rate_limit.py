@@ -14,10 +14,13 @@ import pytest
 from redis.asyncio import Redis
 
 from app.auth.rate_limit import InMemoryRateLimiter
-from app.auth.shared_rate_limit import KEY_PREFIX, RedisRateLimiter
+from app.auth.shared_rate_limit import RedisRateLimiter, rate_key_prefix
 from app.core.shared_state import RedisGuard, redis_client
 from tests.support.app import MakeSettings, key_headers, serve
 from tests.support.faults import TcpProxy
+
+PREFIX = "orbit:test:"
+KEY_PREFIX = rate_key_prefix(PREFIX)
 from tests.support.processes import free_port
 from tests.support.world import Tenant, World
 
@@ -92,6 +95,7 @@ async def test_redis_is_used_again_once_it_answers(redis_url: str, redis_proxy: 
         60,
         2,
         InMemoryRateLimiter(60, 2, monotonic=lambda: now[0]),
+        prefix=PREFIX,
     )
     credential = f"test:{uuid.uuid4()}"
     direct = Redis.from_url(redis_url)
@@ -122,7 +126,11 @@ async def test_concurrent_checks_share_one_script_call_and_keep_exact_decisions(
 ) -> None:
     client = redis_client(redis_url, 0.5)
     limiter = RedisRateLimiter(
-        RedisGuard(client, "rate_limit", timeout=0.5), 60, 5, InMemoryRateLimiter(60, 5)
+        RedisGuard(client, "rate_limit", timeout=0.5),
+        60,
+        5,
+        InMemoryRateLimiter(60, 5),
+        prefix=PREFIX,
     )
     direct = Redis.from_url(redis_url)
     busy, quiet = f"test:{uuid.uuid4()}", f"test:{uuid.uuid4()}"
@@ -147,7 +155,11 @@ async def test_concurrent_checks_share_one_script_call_and_keep_exact_decisions(
 async def test_a_cancelled_check_does_not_hold_up_the_others(redis_url: str) -> None:
     client = redis_client(redis_url, 0.5)
     limiter = RedisRateLimiter(
-        RedisGuard(client, "rate_limit", timeout=0.5), 600, 10, InMemoryRateLimiter(600, 10)
+        RedisGuard(client, "rate_limit", timeout=0.5),
+        600,
+        10,
+        InMemoryRateLimiter(600, 10),
+        prefix=PREFIX,
     )
     credential = f"test:{uuid.uuid4()}"
     try:
@@ -164,7 +176,11 @@ async def test_a_cancelled_check_does_not_hold_up_the_others(redis_url: str) -> 
 async def test_waiting_checks_fall_back_when_the_sender_is_stopped(redis_proxy: TcpProxy) -> None:
     client = redis_client(redis_proxy.url(), 5.0)
     limiter = RedisRateLimiter(
-        RedisGuard(client, "rate_limit", timeout=5.0), 60, 1, InMemoryRateLimiter(60, 1)
+        RedisGuard(client, "rate_limit", timeout=5.0),
+        60,
+        1,
+        InMemoryRateLimiter(60, 1),
+        prefix=PREFIX,
     )
     credential = f"test:{uuid.uuid4()}"
     try:
@@ -190,6 +206,7 @@ async def test_an_answer_that_is_not_the_scripts_falls_back(redis_url: str) -> N
         60,
         1,
         InMemoryRateLimiter(60, 5, monotonic=lambda: now[0]),
+        prefix=PREFIX,
     )
     credential = f"test:{uuid.uuid4()}"
     try:

@@ -19,10 +19,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from app.core.sealing import Sealer
 from app.core.settings import Settings
 from app.core.shared_state import key_prefix, shared_state_secret
-from app.storage.shared_token_cache import redis_keys
+from app.storage.shared_token_cache import SEALING_PURPOSE, redis_keys
 from tests.support.app import MakeSettings, bearer, download, serve
+from tests.support.constants import B2_KEY_ID, SHARED_STATE_SECRET
 from tests.support.emulator import Emulator
 from tests.support.world import Tenant, World
 
@@ -34,6 +36,14 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client: Redis = Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+def names_for(settings: Settings, world: World, export: dict[str, object]) -> tuple[str, str]:
+    """The Redis key names of an export's token and mint lock, as the service derives them."""
+    prefix = key_prefix(settings, world.db.url.render_as_string())
+    sealer = Sealer(SHARED_STATE_SECRET.encode(), SEALING_PURPOSE)
+    file_key = (str(export["bucket_name"]), str(export["file_name"]))
+    return redis_keys(prefix, B2_KEY_ID, sealer, file_key)
 
 
 def token_of(response: httpx.Response) -> str:
@@ -59,8 +69,7 @@ async def test_a_redis_reader_learns_nothing_usable(
     settings = make_settings(redis_url=redis_url, rate_limit_per_minute=0)
     async with serve(settings) as client:
         answer = await client.get(tenant.path(export["id"]), headers=bearer(world.jwt(tenant.org)))
-    prefix = key_prefix(settings, world.db.url.render_as_string())
-    token_key, _ = redis_keys(prefix, (export["bucket_name"], export["file_name"]))
+    token_key, _ = names_for(settings, world, export)
     stored = await redis.get(token_key)
     assert stored is not None
     for secret in (token_of(answer), export["file_name"], export["bucket_name"]):
@@ -81,9 +90,8 @@ async def test_a_value_moved_to_another_files_key_is_refused(
     a, b = world.tenant(), world.tenant()
     export_a, export_b = await world.export(a), await world.export(b)
     settings = make_settings(redis_url=redis_url, rate_limit_per_minute=0)
-    prefix = key_prefix(settings, world.db.url.render_as_string())
-    key_a, _ = redis_keys(prefix, (export_a["bucket_name"], export_a["file_name"]))
-    key_b, _ = redis_keys(prefix, (export_b["bucket_name"], export_b["file_name"]))
+    key_a, _ = names_for(settings, world, export_a)
+    key_b, _ = names_for(settings, world, export_b)
     async with serve(settings) as first:
         first_a = await first.get(a.path(export_a["id"]), headers=bearer(world.jwt(a.org)))
         await first.get(b.path(export_b["id"]), headers=bearer(world.jwt(b.org)))
@@ -124,10 +132,7 @@ async def test_a_malformed_value_is_a_miss_never_a_500(
 ) -> None:
     export = await world.export(tenant)
     settings = make_settings(redis_url=redis_url, rate_limit_per_minute=0)
-    token_key, _ = redis_keys(
-        key_prefix(settings, world.db.url.render_as_string()),
-        (export["bucket_name"], export["file_name"]),
-    )
+    token_key, _ = names_for(settings, world, export)
     headers = bearer(world.jwt(tenant.org))
     if garbage == "truncated":
         async with serve(settings) as first:
@@ -189,10 +194,7 @@ async def test_waiters_mint_as_soon_as_the_minting_replica_gives_up(
     settings = make_settings(
         redis_url=redis_url, rate_limit_per_minute=0, storage_timeout_seconds=20
     )
-    _, lock = redis_keys(
-        key_prefix(settings, world.db.url.render_as_string()),
-        (export["bucket_name"], export["file_name"]),
-    )
+    _, lock = names_for(settings, world, export)
     await redis.set(lock, "another replica", px=60_000)
     async with serve(settings) as client:
         request = asyncio.create_task(
