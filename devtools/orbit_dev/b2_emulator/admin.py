@@ -15,8 +15,9 @@ from orbit_dev.b2_emulator.state import B2Failure, Faults, emulator_state, json_
 
 
 def _require_key(request: Request) -> None:
-    expected = f"Bearer {emulator_state(request).key}".encode()
     given = request.headers.get("Authorization", "").encode("latin-1", "replace")
+    # The key it started with, even once deleted: the tests' handle on it.
+    expected = f"Bearer {request.app.state.admin_key}".encode()
     if not hmac.compare_digest(given, expected):
         raise B2Failure(401, "unauthorized", "The emulator's admin endpoints need its key.")
 
@@ -64,6 +65,33 @@ async def clear_faults(request: Request) -> Response:
     state = emulator_state(request)
     state.faults = Faults()
     return Response(status_code=204)
+
+
+@router.post("/keys")
+async def add_key(request: Request) -> Response:
+    """Another application key (a rotation): {"keyId": ..., "key": ...}."""
+    state = emulator_state(request)
+    body = await json_body(request)
+    key_id, key = body.get("keyId"), body.get("key")
+    if not (isinstance(key_id, str) and key_id and isinstance(key, str) and key):
+        raise B2Failure(400, "bad_request", "keyId and key are required.")
+    state.other_keys[key_id] = key
+    return Response(status_code=204)
+
+
+@router.delete("/keys/{key_id}")
+async def delete_key(key_id: str, request: Request) -> Response:
+    emulator_state(request).delete_key(key_id)
+    return Response(status_code=204)
+
+
+@router.get("/grants/{token}")
+async def grant_of(token: str, request: Request) -> Response:
+    """Which application key asked for a download authorization."""
+    grant = emulator_state(request).download_grants.get(token)
+    if grant is None:
+        raise B2Failure(404, "not_found", "No such download authorization.")
+    return JSONResponse({"keyId": grant.key_id, "prefix": grant.prefix})
 
 
 @router.post("/expire-account-tokens")

@@ -43,6 +43,8 @@ def _download(bucket: dict[str, Any] | None, file_name: str, request: Request) -
         raise B2Failure(401, "bad_auth_token", "Invalid authorization token.")
     elif grant.expires_at <= state.now():
         raise B2Failure(401, "expired_auth_token", "Authorization token has expired.")
+    elif grant.key_id and not state.key_alive(grant.key_id):
+        raise B2Failure(401, "bad_auth_token", "The key that authorized this was deleted.")
     elif bucket is None or grant.bucket_id != bucket["bucketId"]:
         raise B2Failure(401, "unauthorized", "Token is not valid for this bucket.")
     elif not file_name.startswith(grant.prefix):

@@ -36,10 +36,12 @@ async def authorize_account(request: Request) -> Response:
         key_id, _, key = base64.b64decode(encoded).decode().partition(":")
     except ValueError:
         key_id = key = ""
-    if scheme != "Basic" or key_id != state.key_id or key != state.key:
+    known = state.keys().get(key_id) if key_id else None
+    if scheme != "Basic" or known is None or not secrets.compare_digest(known, key):
         raise B2Failure(401, "unauthorized", "Invalid application key id or key.")
     token = "4_emu_" + secrets.token_urlsafe(24)
     state.account_tokens[token] = state.now() + ACCOUNT_TOKEN_SECONDS
+    state.token_keys[token] = key_id
     url = base_url(request)
     download_url = state.public_url.rstrip("/") if state.public_url else url
     allowed = {"buckets": None, "capabilities": ALL_CAPABILITIES, "namePrefix": None}
@@ -206,6 +208,7 @@ async def get_download_authorization(request: Request) -> Response:
             prefix=prefix,
             expires_at=state.now() + duration,
             disposition=disposition if isinstance(disposition, str) else None,
+            key_id=state.key_of(request),
         ),
     )
     return JSONResponse(

@@ -52,6 +52,8 @@ class DownloadGrant:
     prefix: str
     expires_at: float
     disposition: str | None
+    # The application key whose account token asked for it: deleting the key voids it.
+    key_id: str = ""
 
 
 @dataclass
@@ -88,6 +90,10 @@ class EmulatorState:
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: dict[tuple[str, str], StoredFile] = field(default_factory=dict)
     account_tokens: dict[str, float] = field(default_factory=dict)
+    # Application keys besides the first (rotation): id -> key; and which key each account
+    # token was issued to.
+    other_keys: dict[str, str] = field(default_factory=dict)
+    token_keys: dict[str, str] = field(default_factory=dict)
     upload_tokens: dict[str, str] = field(default_factory=dict)
     download_grants: dict[str, DownloadGrant] = field(default_factory=dict)
     # Bounded: a long-running emulator (make run, compose) must not grow without end.
@@ -98,6 +104,27 @@ class EmulatorState:
 
     def now(self) -> float:
         return time.time() + self.clock_offset
+
+    def keys(self) -> dict[str, str]:
+        """Every application key that works now, by id (the first can be deleted too)."""
+        first = {self.key_id: self.key} if self.key_id else {}
+        return first | self.other_keys
+
+    def delete_key(self, key_id: str) -> None:
+        """As B2 does: the key stops authorizing, and so do its account tokens and the download
+        authorizations they asked for."""
+        if key_id == self.key_id:
+            self.key_id = ""
+        self.other_keys.pop(key_id, None)
+        for token in [t for t, k in self.token_keys.items() if k == key_id]:
+            self.account_tokens.pop(token, None)
+
+    def key_of(self, request: Request) -> str:
+        """The application key behind the request's (valid) account token."""
+        return self.token_keys.get(request.headers.get("Authorization", ""), "")
+
+    def key_alive(self, key_id: str) -> bool:
+        return key_id in self.keys()
 
     def grant(self, token: str, grant: DownloadGrant) -> None:
         """Remember a download grant; past MAX_DOWNLOAD_GRANTS, expired ones go first, then
