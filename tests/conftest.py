@@ -1,7 +1,11 @@
 """The suite's fixtures live in `tests/fixtures/` (loaded below) and its helpers in
 `tests/support/`. Tests are marked by what they need, so a subset can be picked with `-m`:
 `unit` (nothing outside the process), `integration` (Postgres and the B2 emulator), `system`
-(real server processes, browsers, images: everything under `tests/system/`)."""
+(real server processes, browsers, images: everything under `tests/system/`).
+
+The tests run in a random order (pytest-randomly), a new one each run: the seed is printed at
+the start and the end, `--randomly-seed=N` runs an order again and `-p no:randomly` runs the
+files' order."""
 
 from __future__ import annotations
 
@@ -47,3 +51,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         else:
             item.add_marker(pytest.mark.unit)
+
+
+def _order(config: pytest.Config) -> str | None:
+    if not config.pluginmanager.hasplugin("randomly"):
+        return None
+    seed = config.getoption("randomly_seed")
+    return f"random test order: --randomly-seed={seed} runs it again"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # pytest-randomly says it in the header, which -q (the Makefile's and CI's) leaves out.
+    order = _order(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if order and reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(order)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Again at the end, beside the failures it may be needed to reproduce.
+    order = _order(terminalreporter.config)
+    if order:
+        terminalreporter.write_line(order)

@@ -103,6 +103,12 @@ class JwksCache:
     def kids(self) -> frozenset[str]:
         return frozenset(self._keys)
 
+    @property
+    def refresh_requested(self) -> bool:
+        """An unknown kid asked for an early refresh that the loop has not begun yet. Lets a
+        test see that a lookup did not ask for one, without waiting to see none happen."""
+        return self._wake.is_set()
+
     async def refresh(self) -> None:
         """Fetch and load the document; raises on any failure, keeping the keys in use."""
         import httpx  # only services configured with a JWKS pay for importing it

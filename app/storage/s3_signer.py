@@ -103,7 +103,7 @@ class S3Signer:
         return signed_download(token, now, reused)
 
     def presign(self, bucket_name: str, file_name: str, ttl: int) -> str:
-        """A presigned GET of exactly `file_name`, valid `ttl` seconds from now."""
+        """A presigned GET of exactly `file_name`, valid `ttl` seconds from now (the clock's)."""
         auth, http = self._auth, self._http
         host, path = self._endpoint.host_and_path(bucket_name, file_name)
         disposition = quote(content_disposition(file_name), safe="")
@@ -124,6 +124,8 @@ class S3Signer:
             should_normalize_uri_path=False,
             signed_body_value=auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD,
             expiration_in_seconds=ttl,
+            # The signer's clock (the CRT would read its own): a test can sign at another time.
+            date=self._clock(),
         )
         # Static credentials: the signing completes within the call.
         signed = auth.aws_sign_request(request, config).result()

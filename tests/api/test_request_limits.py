@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.app import MakeSettings, bearer, serve
 from tests.support.emulator import Emulator
+from tests.support.waiting import wait_until
 from tests.support.world import Tenant, World
 
 ORIGIN = "https://dashboard.orbit.test"
@@ -36,11 +37,15 @@ async def test_requests_beyond_the_limit_are_503_overloaded_at_once(
     )
     headers = bearer(world.jwt(tenant.org)) | {"Origin": ORIGIN}
     async with serve(settings) as client:
+        slow_b2.clear()
         busy = [
             asyncio.create_task(client.get(tenant.path(e["id"]), headers=headers)) for e in exports
         ]
-        while slow_b2.calls("b2_get_download_authorization") < 2:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: slow_b2.calls("b2_get_download_authorization") == 2,
+            within=5,
+            what="both requests are in progress (at B2)",
+        )
         refused = await client.get(tenant.path(uuid.uuid4()), headers=headers)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "SERVER_OVERLOADED"

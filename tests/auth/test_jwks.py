@@ -20,6 +20,7 @@ from app.core.errors import Unauthorized
 from tests.support.app import MakeSettings, bearer, serve
 from tests.support.assertions import assert_unauthorized
 from tests.support.jwks import Jwks, serve_jwks
+from tests.support.waiting import wait_until
 from tests.support.world import Tenant, World
 
 ISSUER, AUDIENCE = "https://auth.orbit.test/", "orbit-dashboard"
@@ -61,13 +62,22 @@ class Clock:
         return self.now
 
 
-async def until(condition: Any, what: str) -> None:
-    """Let the refresh loop run until `condition()` holds (it needs a few turns and one local
-    HTTP round trip); fails after 5 s."""
-    deadline = time.monotonic() + 5
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.01)
+class CountedJwksCache(JwksCache):
+    """The cache, keeping the outcome of every refresh it finishes: a test waits for the next
+    one to finish, then looks at the state it left."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outcomes: list[bool] = []
+
+    async def try_refresh(self) -> bool:
+        loaded = await super().try_refresh()
+        self.outcomes.append(loaded)
+        return loaded
+
+
+# A refresh is a few turns of the loop and one local HTTP round trip.
+REFRESH_BOUND = 5.0
 
 
 @pytest.mark.parametrize("document", MALFORMED, ids=range(len(MALFORMED)))
@@ -92,19 +102,36 @@ async def test_a_malformed_jwks_at_start_does_not_stop_the_service(
 
 async def test_malformed_documents_later_keep_the_keys_and_the_loop(jwks: Jwks) -> None:
     clock = Clock()
-    cache = JwksCache(jwks.url, 2.0, 300, monotonic=clock)
+    cache = CountedJwksCache(jwks.url, 2.0, 300, monotonic=clock)
     assert await cache.try_refresh()
     loop = asyncio.create_task(cache.run())
     try:
         for document in MALFORMED:
             jwks.document = document
-            fetches = jwks.fetches
+            fetches, finished = jwks.fetches, len(cache.outcomes)
             clock.now += 30
-            assert cache.get("unknown-kid") is None  # asks for an early refresh
-            await until(lambda f=fetches: jwks.fetches > f, "no refresh after an unknown kid")
-            await asyncio.sleep(0.05)
+            assert cache.get("unknown-kid") is None
+            assert cache.refresh_requested
+            await wait_until(
+                lambda n=finished: len(cache.outcomes) > n,
+                within=REFRESH_BOUND,
+                what=f"the loop finished the refresh asked for ({document!r})",
+            )
+            assert jwks.fetches > fetches
+            assert cache.outcomes[-1] is False, document
+            # The loop task ran on to its next wait in the same step that finished the
+            # refresh: had the refresh broken it, it would be done by now.
             assert not loop.done(), loop
             assert cache.kids == {"rsa-1", "ec-1"}, document
+        # And it goes on refreshing: a good document is loaded at the next early refresh.
+        jwks.document = {"keys": [jwks.rsa_jwk("rsa-1"), jwks.ec_jwk("ec-1"), jwks.rsa_jwk("new")]}
+        clock.now += 30
+        assert cache.get("new") is None
+        await wait_until(
+            lambda: "new" in cache.kids,
+            within=REFRESH_BOUND,
+            what="the loop loaded a good document after the malformed ones",
+        )
     finally:
         loop.cancel()
 
@@ -156,12 +183,18 @@ async def test_a_rotated_in_key_works_within_the_early_refresh_interval(
         clock.now += 10
         with pytest.raises(Unauthorized):
             verifier.verify(token)
-        await asyncio.sleep(0.05)
-        assert "rsa-2" not in cache.kids  # not before 30 s since the last fetch
+        # Not before 30 s since the last fetch: the loop has nothing to do, and without a
+        # request it waits the whole refresh interval (300 s).
+        assert not cache.refresh_requested
         clock.now += 20
         with pytest.raises(Unauthorized):
             verifier.verify(token)
-        await until(lambda: "rsa-2" in cache.kids, "the new key was never loaded")
+        assert cache.refresh_requested
+        await wait_until(
+            lambda: "rsa-2" in cache.kids,
+            within=REFRESH_BOUND,
+            what="the new key was loaded by the early refresh",
+        )
         assert verifier.verify(token).actor_id == "user-1"
     finally:
         loop.cancel()

@@ -8,7 +8,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
@@ -19,10 +20,12 @@ from app.core.shared_state import RedisGuard, redis_client
 from tests.support.app import MakeSettings, key_headers, serve
 from tests.support.faults import TcpProxy
 from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 from tests.support.world import Tenant, World
 
 PREFIX = "orbit:test:"
 KEY_PREFIX = rate_key_prefix(PREFIX)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -173,22 +176,36 @@ async def test_a_cancelled_check_does_not_hold_up_the_others(redis_url: str) -> 
         await client.aclose()
 
 
+class CallingGuard(RedisGuard):
+    """The guard, telling which task is calling Redis through it: the limiter's sender."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.callers: list[asyncio.Task[Any]] = []
+
+    async def run(self, operation: Callable[[], Awaitable[T]]) -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        self.callers.append(task)
+        return await super().run(operation)
+
+
 async def test_waiting_checks_fall_back_when_the_sender_is_stopped(redis_proxy: TcpProxy) -> None:
     client = redis_client(redis_proxy.url(), 5.0)
-    limiter = RedisRateLimiter(
-        RedisGuard(client, "rate_limit", timeout=5.0),
-        60,
-        1,
-        InMemoryRateLimiter(60, 1),
-        prefix=PREFIX,
-    )
+    guard = CallingGuard(client, "rate_limit", timeout=5.0)
+    limiter = RedisRateLimiter(guard, 60, 1, InMemoryRateLimiter(60, 1), prefix=PREFIX)
     credential = f"test:{uuid.uuid4()}"
     try:
         redis_proxy.set_mode("stall")
         checks = [asyncio.create_task(limiter.retry_after(credential)) for _ in range(3)]
-        await asyncio.sleep(0.05)
-        assert limiter._sender is not None
-        limiter._sender.cancel()
+        await wait_until(
+            lambda: bool(guard.callers), within=5, what="the waiting checks were sent to Redis"
+        )
+        # The sender is inside its (stalled) Redis call, with every check waiting on it; it is
+        # stopped there, as at shutdown.
+        assert not any(check.done() for check in checks)
+        [sender] = guard.callers
+        sender.cancel()
         # Decided by the local bucket (burst 1), at once, not after Redis's 5 s.
         async with asyncio.timeout(1):
             assert await asyncio.gather(*checks) == [None, 1, 1]

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -65,8 +65,19 @@ async def test_folder_like_names_are_refused(db: AsyncEngine, name: str) -> None
 
 
 @pytest.mark.parametrize("name", ONE_FILE)
-async def test_dots_inside_a_segment_are_fine(db: AsyncEngine, name: str) -> None:
-    await register(db, uuid.uuid4(), unique(name))
+async def test_dots_inside_a_segment_are_fine(
+    make_settings: MakeSettings, world: World, name: str
+) -> None:
+    """The table keeps such a name, and the signer's URL for it downloads that file."""
+    tenant = world.tenant()
+    content = f"name\n{name}\n".encode()
+    export = await world.export(tenant, content=content, file_name=unique(name))
+    assert export["file_name"].endswith("/" + name)
+    with make_signer(make_settings()) as (signer, _):
+        signed = await signer.sign(BUCKET, export["file_name"], None)
+    got = await download(signed.url)
+    assert got.status_code == 200
+    assert got.content == content
 
 
 async def test_names_overlapping_another_exports_are_refused(db: AsyncEngine) -> None:
@@ -82,9 +93,20 @@ async def test_names_overlapping_another_exports_are_refused(db: AsyncEngine) ->
         with pytest.raises(IntegrityError, match="overlaps the file name of export"):
             await register(db, org, overlapping)
     # The same name in another bucket, a sibling, and the same object again for A are fine.
-    await register(db, org_b, base, bucket="another-bucket")
-    await register(db, org_b, base.replace("x.csv", "y.csv"))
-    await register(db, org_a, base)
+    fine = [
+        (org_b, "another-bucket", base),
+        (org_b, BUCKET, base.replace("x.csv", "y.csv")),
+        (org_a, BUCKET, base),
+    ]
+    ids = [await register(db, org, name, bucket=bucket) for org, bucket, name in fine]
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            select(
+                exports.c.id, exports.c.organization_id, exports.c.bucket_name, exports.c.file_name
+            ).where(exports.c.id.in_(ids))
+        )
+        stored = {row.id: (row.organization_id, row.bucket_name, row.file_name) for row in rows}
+    assert [stored.get(export_id) for export_id in ids] == fine
 
 
 async def test_renaming_into_an_overlap_is_refused(db: AsyncEngine) -> None:

@@ -16,6 +16,7 @@ from tests.support.app import MakeSettings, bearer, serve
 from tests.support.assertions import assert_storage_unavailable
 from tests.support.emulator import Emulator
 from tests.support.storage import make_signer
+from tests.support.waiting import wait_until
 from tests.support.world import Tenant, World
 
 SIGN = "b2_get_download_authorization"
@@ -292,8 +293,9 @@ async def test_a_half_open_trial_always_resolves(
             if body is None:
                 emulator.inject(delaySeconds=2.0, apis=[SIGN])
                 trial = asyncio.create_task(sign())
-                while emulator.calls(SIGN) == 0:  # noqa: ASYNC110 - the emulator's log
-                    await asyncio.sleep(0.01)
+                await wait_until(
+                    lambda: emulator.calls(SIGN) >= 1, within=5, what="the trial is at B2"
+                )
                 trial.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await trial

@@ -18,6 +18,7 @@ from tests.support.constants import BUCKET
 from tests.support.emulator import Emulator
 from tests.support.processes import free_port
 from tests.support.storage import make_signer
+from tests.support.waiting import wait_until
 from tests.support.world import Tenant, World
 
 
@@ -216,8 +217,11 @@ async def test_a_caller_waiting_on_anothers_mint_never_gets_a_url_outliving_its_
             soon = utc_now() + timedelta(seconds=120)
             bucket, name = export["bucket_name"], export["file_name"]
             first = asyncio.create_task(signer.sign(bucket, name, None))
-            while emulator.calls("b2_get_download_authorization") == 0:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)  # until the first is minting
+            await wait_until(
+                lambda: emulator.calls("b2_get_download_authorization") >= 1,
+                within=5,
+                what="the first request is minting (at B2)",
+            )
             second = await signer.sign(bucket, name, soon)
             assert second.expires_at <= soon
             assert (await first).expires_at > soon

@@ -53,7 +53,7 @@ def server_process(
     for secrets at the end); yields its base URL once /livez answers."""
     port = free_port()
     log = log_dir / "server.log"
-    LOG_FILES.append(log)
+    LOG_FILES.watch(log)
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [CLI, "serve", "--port", str(port)],

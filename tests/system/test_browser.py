@@ -144,6 +144,9 @@ def run_dashboard(browser: Any, origin: str, api_url: str, token: str) -> dict[s
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # From a blank page: the same page with only a new fragment would not be loaded again, and
+    # the previous test's result would be read.
+    browser.get("about:blank")
     browser.get(f"{origin}/#" + urlencode({"api": api_url, "token": token}))
     WebDriverWait(browser, 20).until(
         lambda driver: driver.find_element(By.ID, "result").text != "pending"

@@ -347,10 +347,30 @@ def test_the_built_package_migrates_from_outside_the_repository(
     assert "migrated" in result.stdout
 
 
-def test_readme_says_the_stack_was_not_run_here() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "docker compose up" in readme
-    assert "not been run" in readme
+def test_compose_up_without_a_profile_runs_postgres_the_migration_and_the_api_on_real_b2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a plain `docker compose up` starts for real B2: only the services without a
+    profile, whose required dependencies are all among them (the emulator is optional), and an
+    API whose environment is a valid configuration pointed at production B2."""
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    real = {
+        "JWT_SECRET": "j" * 40,
+        "B2_REALM": "production",
+        "B2_APPLICATION_KEY_ID": "real-id",
+        "B2_APPLICATION_KEY": "K005real",
+    }
+    services = interpolate(raw, real)["services"]
+    started = {name for name, service in services.items() if not service.get("profiles")}
+    assert started == {"postgres", "migrate", "api"}
+    for name in started:
+        for needed, how in services[name].get("depends_on", {}).items():
+            assert needed in started or how.get("required") is False, (name, needed)
+    for name, value in services["api"]["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.b2_realm == "production"
+    assert settings.storage_configured
 
 
 def test_the_cluster_profile_is_the_fleet_topology(compose: dict[str, Any]) -> None:

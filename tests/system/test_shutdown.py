@@ -20,7 +20,10 @@ from tests.support.app import MakeSettings, bearer, serve
 from tests.support.constants import B2_KEY, B2_KEY_ID, CLI, JWT_SECRET
 from tests.support.emulator import Emulator
 from tests.support.processes import free_port, wait_for_http
+from tests.support.waiting import wait_until_sync
 from tests.support.world import World
+
+SIGN = "b2_get_download_authorization"
 
 
 @pytest.fixture
@@ -63,18 +66,26 @@ def _sigterm_scenario(
         wait_for_http(base + "/livez")
         url = base + path
         assert httpx.get(url, headers=headers).status_code == 200  # warm: B2 authorized
-        emulator.inject(delaySeconds=1.5, apis=["b2_get_download_authorization"])
+        emulator.clear()
+        emulator.inject(delaySeconds=1.5, apis=[SIGN])
         result: dict[str, httpx.Response] = {}
         slow = threading.Thread(
             target=lambda: result.update(r=httpx.get(url, headers=headers, timeout=10))
         )
         slow.start()
-        time.sleep(0.5)
+        wait_until_sync(
+            lambda: emulator.calls(SIGN) == 1,
+            within=5,
+            what="the slow request is in flight (at B2)",
+        )
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(base + "/livez", timeout=2)
+        wait_until_sync(
+            lambda: refuses_connections(base),
+            within=5,
+            what="the server refuses new connections",
+        )
+        assert slow.is_alive(), "new connections were accepted until the request had finished"
         slow.join(10)
         assert result["r"].status_code == 200
         # uvicorn re-raises the SIGTERM it handled once shutdown is complete.
@@ -83,6 +94,17 @@ def _sigterm_scenario(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def refuses_connections(base: str) -> bool:
+    try:
+        httpx.get(base + "/livez", timeout=2)
+    except httpx.ConnectError:
+        return True
+    except httpx.TransportError:
+        # Queued while the listening socket was being closed, then dropped: not yet refused.
+        return False
+    return False
 
 
 async def test_readyz_is_503_once_shutdown_has_begun(
