@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -335,6 +335,39 @@ async def list_api_keys(conn: AsyncConnection, organization_id: uuid.UUID) -> li
         .order_by(api_keys.c.created_at)
     )
     return [_record(row._mapping) for row in rows]
+
+
+class KeyNotRotatable(Exception):
+    """The key to rotate is revoked or expired already: there is nothing to overlap with."""
+
+
+async def rotate_api_key(
+    conn: AsyncConnection, key_id: uuid.UUID, overlap: timedelta
+) -> tuple[str, ApiKeyRecord, ApiKeyRecord] | None:
+    """A new key for the same organization and name (with the old key's expiry, if it had
+    one), and the old key set to expire when `overlap` ends (or earlier, if it already would):
+    both work meanwhile. None when there is no such key; KeyNotRotatable when it is revoked or
+    expired."""
+    row = (
+        await conn.execute(select(api_keys).where(api_keys.c.id == key_id).with_for_update())
+    ).one_or_none()
+    if row is None:
+        return None
+    old = _record(row._mapping)
+    now = (await conn.execute(select(func.now()))).scalar_one()
+    if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
+        raise KeyNotRotatable(f"API key {key_id} is revoked or expired: create a new one instead")
+    key, new = await create_api_key(conn, old.organization_id, old.name, old.expires_at)
+    ends = now + overlap
+    retired = (
+        await conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id)
+            .values(expires_at=func.least(func.coalesce(api_keys.c.expires_at, ends), ends))
+            .returning(*api_keys.c)
+        )
+    ).one()
+    return key, new, _record(retired._mapping)
 
 
 async def revoke_api_key(conn: AsyncConnection, key_id: uuid.UUID) -> ApiKeyRecord | None:

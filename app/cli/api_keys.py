@@ -1,12 +1,19 @@
-"""`orbit-exports api-keys create|list|revoke`: organization API keys for operators."""
+"""`orbit-exports api-keys create|list|rotate|revoke`: organization API keys for operators."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime, timedelta
 
-from app.auth.api_keys import create_api_key, list_api_keys, revoke_api_key
-from app.cli.common import aware_datetime, in_transaction, uuid_argument
+from app.auth.api_keys import (
+    KeyNotRotatable,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+    rotate_api_key,
+)
+from app.cli.common import aware_datetime, duration_argument, in_transaction, uuid_argument
 from app.core.settings import Settings
 
 
@@ -25,10 +32,35 @@ def create(args: argparse.Namespace, settings: Settings) -> int:
 
 def list_keys(args: argparse.Namespace, settings: Settings) -> int:
     records = in_transaction(settings, lambda c: list_api_keys(c, args.org))
+    now = datetime.now(UTC)
     for r in records:
         state = "revoked" if r.revoked_at else "active"
+        if not r.revoked_at and r.expires_at is not None and r.expires_at <= now:
+            state = "expired"
         expires = r.expires_at.isoformat() if r.expires_at else "never"
         print(f"{r.id}  {r.prefix}...  {state:7}  expires={expires}  name={r.name}")  # noqa: T201
+    return 0
+
+
+def rotate(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        rotated = in_transaction(settings, lambda c: rotate_api_key(c, args.key_id, args.overlap))
+    except KeyNotRotatable as exc:
+        print(str(exc), file=sys.stderr)  # noqa: T201
+        return 1
+    if rotated is None:
+        print(f"no API key with id {args.key_id}", file=sys.stderr)  # noqa: T201
+        return 1
+    key, new, old = rotated
+    assert old.expires_at is not None
+    print(  # noqa: T201
+        f"rotated {old.id} ({old.prefix}...): it keeps working until"
+        f" {old.expires_at.isoformat()}, then only the new key does\n"
+        f"created API key id={new.id} prefix={new.prefix} org={new.organization_id}"
+        f" expires_at={new.expires_at.isoformat() if new.expires_at else 'never'}\n"
+        "the new key is shown once, on the next line; store it now:"
+    )
+    print(key)  # noqa: T201
     return 0
 
 
@@ -57,6 +89,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     listing = keys_sub.add_parser("list", help="list an organization's keys")
     listing.add_argument("--org", type=uuid_argument, required=True, help="the organization's UUID")
     listing.set_defaults(handler=list_keys)
+    turn = keys_sub.add_parser(
+        "rotate",
+        help="a new key for the same organization and name (printed once, on the last line);"
+        " the old one keeps working for the overlap, then expires",
+    )
+    turn.add_argument("key_id", type=uuid_argument, help="the key's id, as `list` shows it")
+    turn.add_argument(
+        "--overlap",
+        type=duration_argument,
+        default=timedelta(hours=24),
+        help="how long both keys work, e.g. 24h, 90m, 2d or 1h30m (default: 24h)",
+    )
+    turn.set_defaults(handler=rotate)
     drop = keys_sub.add_parser("revoke", help="revoke a key by id")
     drop.add_argument("key_id", type=uuid_argument, help="the key's id, as `list` shows it")
     drop.set_defaults(handler=revoke)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from pydantic import ValidationError
@@ -34,6 +35,24 @@ def aware_datetime(value: str) -> datetime:
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-12-31T00:00:00Z")
     return parsed.astimezone(UTC)
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def duration_argument(value: str) -> timedelta:
+    """`24h`, `90m`, `2d`, `1h30m`, `45s`, or plain seconds."""
+    match = _DURATION.fullmatch(value.strip().lower())
+    if value.isdigit():
+        duration = timedelta(seconds=int(value))
+    elif not value.strip() or match is None:
+        raise argparse.ArgumentTypeError(f"not a duration like 24h, 90m or 2d: {value!r}")
+    else:
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        duration = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if duration > timedelta(days=365):
+        raise argparse.ArgumentTypeError("a duration of at most 365 days")
+    return duration
 
 
 def uuid_argument(value: str) -> uuid.UUID:

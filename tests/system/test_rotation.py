@@ -54,7 +54,7 @@ def serving(
     """A real server whose secrets come only from a secret volume (none in its environment)."""
     volume = SecretVolume(tmp_path / "secrets")
     volume.write(secrets)
-    SECRETS.update(secrets.values())
+    SECRETS.update(v for k, v in secrets.items() if not k.endswith("_KEY_ID"))
     env = {k: v for k, v in cli_env.items() if not k.startswith(("JWT_", "B2_APPLICATION_"))}
     env |= {"SECRETS_DIR": str(volume.folder), "RATE_LIMIT_PER_MINUTE": "0"} | extra
     with server_process(env, tmp_path) as url:
