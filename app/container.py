@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.api.health import Readiness
 from app.api.metrics_endpoint import MetricsAccess
+from app.audit.log import AuditLog
 from app.auth.api_keys import (
     KEY_CHANGES_CHANNEL,
     ApiKeyResolver,
@@ -193,6 +194,17 @@ async def open_components(
     else:
         logger.warning("B2 is not configured: completed exports will answer 503")
 
+    audit = None
+    if settings.audit:
+        audit = AuditLog(
+            db,
+            flush_seconds=settings.audit_flush_seconds,
+            queue_max=settings.audit_queue_max,
+            on_written=metrics.observe_audit_written if settings.metrics_enabled else None,
+            on_dropped=metrics.observe_audit_dropped if settings.metrics_enabled else None,
+        )
+        background.append(audit.run)
+
     metrics_access = None
     if settings.metrics_enabled:
         sampler = metrics.WorkerSampler(
@@ -200,6 +212,7 @@ async def open_components(
             connections_in_use=db.in_use,
             breaker_state=lambda: b2.breaker.state if b2 is not None else None,
             token_cache=local_tokens.counts if signer is not None else None,
+            audit_queue=audit.__len__ if audit is not None else None,
         )
         background.append(sampler.run)
         token = settings.metrics_token
@@ -246,7 +259,9 @@ async def open_components(
 
     components = Components(
         authenticator=authenticator,
-        export_backends=ExportBackends(database=db, signer=signer),
+        export_backends=ExportBackends(
+            database=db, signer=signer, signer_name=settings.storage_signer, audit=audit
+        ),
         readiness=Readiness(
             lambda: db.ping(READY_DB_TIMEOUT_SECONDS),
             storage_configured=signer is not None,
@@ -265,10 +280,13 @@ async def open_components(
     try:
         yield components
     finally:
-        if settings.metrics_enabled:
-            metrics.worker_exiting()
         for task in tasks:
             task.cancel()
+        if audit is not None:
+            # The server has drained its requests: what they handed out is written now.
+            await audit.close()
+        if settings.metrics_enabled:
+            metrics.worker_exiting()
         if b2 is not None:
             b2.close()
         for client in (redis, limiter_redis):

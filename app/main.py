@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.middleware import Middleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api import health, metrics_endpoint
 from app.api.cors import DashboardCORSMiddleware
@@ -119,7 +120,15 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
         if settings.cors_allow_origins
         else []
     )
+    proxies = (
+        # The client's address from X-Forwarded-For, when the peer is a proxy we trust (the
+        # audit's client_ip, the access line): uvicorn's own parser.
+        [Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)]
+        if settings.trusted_proxies
+        else []
+    )
     return [
+        *proxies,
         # The request id, common headers, access line and metrics for every answer below,
         # CORS refusals included.
         Middleware(

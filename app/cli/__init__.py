@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from app.cli import api_keys, serve
+from app.cli import api_keys, audit, serve
 from app.cli.common import run_command
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_parsers(sub)
     api_keys.add_parser(sub)
+    audit.add_parser(sub)
     return parser
 
 

@@ -93,6 +93,17 @@ REFUSED_RELOADS = Counter(
     "orbit_settings_reload_refused_total",
     "Settings reloads refused because the new values were invalid (the running ones stayed).",
 )
+AUDIT_RECORDS = Counter(
+    "orbit_audit_records_total",
+    "Audit records of download URLs handed out: written, or dropped (queue full, or not"
+    " written at shutdown).",
+    ["outcome"],
+)
+AUDIT_QUEUE = Gauge(
+    "orbit_audit_queue_records",
+    "Audit records waiting to be written, summed over live workers.",
+    multiprocess_mode="livesum",
+)
 DB_POOL_SIZE = Gauge(
     "orbit_db_pool_size",
     "Connections the database pool keeps open (pool size), summed over live workers.",
@@ -145,6 +156,14 @@ def observe_refused_reload() -> None:
     REFUSED_RELOADS.inc()
 
 
+def observe_audit_written(count: int) -> None:
+    AUDIT_RECORDS.labels("written").inc(count)
+
+
+def observe_audit_dropped(count: int) -> None:
+    AUDIT_RECORDS.labels("dropped").inc(count)
+
+
 def observe_b2_call(url: str, outcome: str, seconds: float) -> None:
     name = url.split("?", 1)[0].rsplit("/", 1)[-1]
     operation = name if name.startswith("b2_") and name.isidentifier() else "other"
@@ -175,6 +194,7 @@ class WorkerSampler:
     connections_in_use: Callable[[], int]
     breaker_state: Callable[[], str | None]
     token_cache: LookupCounts | None = None
+    audit_queue: Callable[[], int] | None = None
 
     def __post_init__(self) -> None:
         if self.token_cache is not None:
@@ -183,6 +203,8 @@ class WorkerSampler:
     def sample(self) -> None:
         DB_POOL_SIZE.set(self.pool_size())
         DB_POOL_CHECKED_OUT.set(self.connections_in_use())
+        if self.audit_queue is not None:
+            AUDIT_QUEUE.set(self.audit_queue())
         for counts, (hits, misses) in list(_published.items()):
             TOKEN_CACHE.labels("hit").inc(counts.hits - hits)
             TOKEN_CACHE.labels("miss").inc(counts.misses - misses)

@@ -30,7 +30,8 @@ DRIVER_OUTAGES: tuple[type[Exception], ...] = (
 )
 # Of those, the ones that say "this connection is gone" rather than "the server is refusing
 # work": the statement is tried once more on a fresh connection. The request path only reads,
-# so running it again is safe.
+# and the one write (the audit's batch insert) skips rows already there, so running it again
+# is safe.
 LOST_CONNECTION: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
@@ -89,6 +90,12 @@ class Database:
         """Every row of the statement (asyncpg Records)."""
         rows: list[Any] = await self._run("fetch", sql, args, deadline)
         return rows
+
+    async def execute(self, sql: str, *args: Any, deadline: float | None = None) -> str:
+        """A statement that writes (the audit's batches): its status line. It may be sent twice
+        when its connection is lost mid-way, so it must be idempotent."""
+        status: str = await self._run("execute", sql, args, deadline)
+        return status
 
     async def _run(
         self, method: str, sql: str, args: tuple[Any, ...], deadline: float | None

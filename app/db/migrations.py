@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 
-# What the service's role may do: read the tables of the request path (LISTEN needs no grant).
+# What the service's role may do: read the tables of the request path, and append to the audit
+# (never change or delete a record of it). LISTEN needs no grant.
 SERVICE_ROLE_READS = ("intent_audience_exports", "api_keys")
+SERVICE_ROLE_APPENDS = ("export_url_audit",)
 
 
 def run_migrations(url: str, settings: Settings | None = None) -> None:
@@ -40,6 +42,8 @@ async def _grant_service_role(url: str, settings: Settings) -> None:
             await connection.execute(f'GRANT USAGE ON SCHEMA public TO "{role}"')
             tables = ", ".join(SERVICE_ROLE_READS)
             await connection.execute(f'GRANT SELECT ON {tables} TO "{role}"')
+            appended = ", ".join(SERVICE_ROLE_APPENDS)
+            await connection.execute(f'GRANT INSERT ON {appended} TO "{role}"')
             # In the role's own settings, where no pooler can drop it.
             timeout = f"{settings.db_statement_timeout_ms}ms"
             await connection.execute(f"ALTER ROLE \"{role}\" SET statement_timeout = '{timeout}'")

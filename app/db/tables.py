@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import INET
 
 metadata = MetaData(
     naming_convention={
@@ -102,4 +104,39 @@ api_keys = Table(
     Column("expires_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
     Index(None, "organization_id"),
+)
+
+
+# Every download URL handed out (migration 0006): who, what, when, from where, until when;
+# never the URL, its token, the API key or the JWT. The service may only INSERT here.
+export_url_audit = Table(
+    "export_url_audit",
+    metadata,
+    # Made by the service, so that a batch sent twice (a connection lost mid-way) counts once.
+    Column("id", Uuid, primary_key=True),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("organization_id", Uuid, nullable=False),
+    # The API key's id, or the dashboard user's `sub`.
+    Column("actor_id", Text, nullable=False),
+    Column("auth_method", Text, nullable=False),
+    Column("export_id", Uuid, nullable=False),
+    Column("audience_id", Uuid, nullable=False),
+    Column("run_id", Uuid, nullable=False),
+    Column("signer", Text, nullable=False),
+    Column("bucket_name", Text, nullable=False),
+    Column("file_name", Text, nullable=False),
+    Column("url_expires_at", DateTime(timezone=True), nullable=False),
+    Column("reused", Boolean, nullable=False),
+    Column("client_ip", INET),
+    Column("user_agent", Text),
+    CheckConstraint("auth_method IN ('api_key', 'jwt')", name="auth_method"),
+    CheckConstraint("signer IN ('b2-native', 's3')", name="signer"),
+    CheckConstraint("length(user_agent) <= 512", name="user_agent_bounded"),
+    # What a security team asks: an organization's records by time, by export, by actor.
+    Index(None, "organization_id", "issued_at"),
+    Index(None, "organization_id", "export_id", "issued_at"),
+    Index(None, "organization_id", "actor_id", "issued_at"),
+    # `audit prune` deletes by age.
+    Index(None, "issued_at"),
 )

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Path, Request
 
-from app.api.envelope import ApiErrorResponse, envelope_meta
+from app.api.envelope import ApiErrorResponse, envelope_meta, request_id
+from app.audit.log import AuditLog, AuditRecord, bounded_user_agent, client_ip
 from app.auth.dependencies import SECURITY_REQUIREMENT, CurrentPrincipal
 from app.core import request_state
 from app.core.clock import utc_now
@@ -47,6 +48,10 @@ class ExportBackends:
     database: Database
     # None when B2 is not configured: completed exports then answer 503.
     signer: UrlSigner | None
+    # STORAGE_SIGNER, as the audit records it.
+    signer_name: str = "b2-native"
+    # None with AUDIT=off.
+    audit: AuditLog | None = None
 
 
 def backends_of(request: Request) -> ExportBackends:
@@ -116,6 +121,27 @@ async def get_stored_export(
         logger.warning("B2 refused to sign export %s", export_id)
         raise
     request.scope["state"][request_state.SIGNING] = "cached_token" if signed.reused else "minted"
+    if backends.audit is not None:
+        backends.audit.record(
+            AuditRecord(
+                id=uuid4(),
+                issued_at=utc_now(),
+                request_id=request_id(request),
+                organization_id=principal.organization_id,
+                actor_id=principal.actor_id,
+                auth_method=principal.method,
+                export_id=export_id,
+                audience_id=audience_id,
+                run_id=run_id,
+                signer=backends.signer_name,
+                bucket_name=export.bucket_name,
+                file_name=export.file_name,
+                url_expires_at=signed.expires_at,
+                reused=signed.reused,
+                client_ip=client_ip(request.scope.get("client")),
+                user_agent=bounded_user_agent(request.headers.get("user-agent")),
+            )
+        )
     return StoredExportResponse(
         data=IntentAudienceExportWithUrl(
             export=export,

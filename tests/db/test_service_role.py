@@ -1,5 +1,6 @@
-"""Least privilege: the service connects as a role that can only read its two tables (and
-LISTEN); `orbit-exports migrate`, run as the owner with DB_SERVICE_ROLE, grants exactly that and
+"""Least privilege: the service connects as a role that can only read its two tables, append
+to the audit (and LISTEN); `orbit-exports migrate`, run as the owner with DB_SERVICE_ROLE,
+grants exactly that and
 puts the statement timeout in the role's own settings, where PgBouncer cannot drop it (it
 drops the startup parameter: `ignore_startup_parameters`)."""
 
@@ -94,8 +95,22 @@ async def world_key_id(world: World, key: str) -> str:
         " VALUES (gen_random_uuid(), 'x', 'sk_x', 'x')",
         "CREATE TABLE smuggled (x int)",
         "TRUNCATE intent_audience_exports",
+        # The audit is append-only for the service, and not readable by it.
+        "UPDATE export_url_audit SET reused = true",
+        "DELETE FROM export_url_audit",
+        "SELECT count(*) FROM export_url_audit",
     ],
-    ids=["insert-export", "update-keys", "delete-keys", "insert-key", "create-table", "truncate"],
+    ids=[
+        "insert-export",
+        "update-keys",
+        "delete-keys",
+        "insert-key",
+        "create-table",
+        "truncate",
+        "update-audit",
+        "delete-audit",
+        "read-audit",
+    ],
 )
 async def test_the_service_role_cannot_write(database_url: str, granted: str, write: str) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(as_role(database_url, granted)))

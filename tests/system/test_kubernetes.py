@@ -140,6 +140,18 @@ def test_images_are_pinned_by_version() -> None:
         )
 
 
+def test_the_audit_is_pruned_daily_as_the_owner() -> None:
+    found = manifests()
+    cron = found["CronJob"]["spec"]
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["command"][1:])
+    assert (args.command, args.action) == ("audit", "prune")
+    assert cron["concurrencyPolicy"] == "Forbid"
+    assert secret_mounts(pod) == {"/run/secrets": "orbit-exports-migrate"}
+    assert int(found["ConfigMap"]["data"]["AUDIT_RETENTION_DAYS"]) >= 1
+
+
 def test_disruptions_autoscaling_and_migrations() -> None:
     found = manifests()
     assert found["PodDisruptionBudget"]["spec"]["minAvailable"] == 2

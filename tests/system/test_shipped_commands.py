@@ -81,7 +81,7 @@ def run_to_completion(words: list[str], env: dict[str, str], cwd: Path) -> None:
 def running(words: list[str], env: dict[str, str], cwd: Path, health: str) -> Iterator[None]:
     """A long-running command, until its health URL answers, stopped at the end."""
     log = cwd / f"{Path(words[0]).name}-{uuid.uuid4().hex[:6]}.log"
-    LOG_FILES.append(log)
+    LOG_FILES.watch(log)
     with log.open("w") as sink:
         proc = subprocess.Popen(
             words, env=base_environment() | env, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT
@@ -301,6 +301,9 @@ def test_the_kubernetes_job_and_deployment_run_with_what_their_manifests_give(
     job = found["Job"]["spec"]["template"]["spec"]
     job_env = container_environment(job, config, secrets_by_name, tmp_path / "job-secrets")
     run_to_completion(argv(job["containers"][0]["command"]), job_env, tmp_path)
+    prune = found["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    prune_env = container_environment(prune, config, secrets_by_name, tmp_path / "prune-secrets")
+    run_to_completion(argv(prune["containers"][0]["command"]), prune_env, tmp_path)
 
     api = found["Deployment"]["spec"]["template"]["spec"]
     env = container_environment(api, config, secrets_by_name, tmp_path / "api-secrets")
