@@ -125,7 +125,7 @@ def _haproxy(stack: ExitStack, port: int, backends: list[int], folder: Path, log
     (folder / "haproxy.cfg").write_text(
         "global\n    maxconn 2000\n\n"
         "defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n"
-        "    timeout server 30s\n    retries 1\n    option redispatch\n\n"
+        "    timeout server 30s\n    retries 1\n    option redispatch\n    option forwardfor\n\n"
         f"frontend api\n    bind 127.0.0.1:{port}\n    default_backend replicas\n\n"
         "backend replicas\n    balance roundrobin\n    option httpchk GET /readyz\n"
         f"    http-check expect status 200\n{servers}\n"
@@ -194,6 +194,8 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
             "DB_PREPARED_STATEMENTS": "false",
             "REDIS_URL": redis_url,
             "WEB_CONCURRENCY": "1",
+            # HAProxy, on this machine, says who the client is (the audit's client_ip).
+            "TRUSTED_PROXIES": "127.0.0.1",
         }
         backends = [free_port() for _ in range(REPLICAS)]
 
