@@ -158,6 +158,33 @@ def jwt_rotation(
     print(f"rotation ({trigger}): the new secret worked {took:.2f} s after the change")  # noqa: T201
 
 
+async def test_sighup_reloads_every_worker_of_a_multi_worker_server(
+    cli_env: dict[str, str], world: World, tenant: Tenant, tmp_path: Path
+) -> None:
+    """With WEB_CONCURRENCY > 1, SIGHUP reaches uvicorn's supervisor, which replaces each worker
+    by one started on the new settings, the new one serving before the old one stops."""
+    export = await world.export(tenant, status="processing")
+    path = tenant.path(export["id"])
+    old, new = world.jwt(tenant.org, secret=FIRST), world.jwt(tenant.org, secret=SECOND)
+    await asyncio.to_thread(workers_reload, cli_env, tmp_path, path, old, new)
+
+
+def workers_reload(cli_env: dict[str, str], tmp_path: Path, path: str, old: str, new: str) -> None:
+    secrets = {"JWT_SECRET": FIRST}
+    with serving(cli_env, tmp_path, secrets, WEB_CONCURRENCY="2") as (url, volume):
+        with Load(url, [("old", path, {"Authorization": f"Bearer {old}"})]) as load:
+            volume.write({"JWT_SECRET": SECOND, "JWT_PREVIOUS_SECRETS": FIRST})
+            sighup(url)
+
+            def every_worker_has_it() -> bool:
+                # A new connection each time, so that each worker gets its share.
+                return all(status(url, path, new) == 409 for _ in range(20))
+
+            took = wait_until(every_worker_has_it, 10, "a worker kept the old settings")
+        assert set(load.statuses) == {("old", 409)}, load.statuses
+    print(f"rotation (2 workers): every worker had the new secret {took:.2f} s after SIGHUP")  # noqa: T201
+
+
 async def test_an_invalid_reload_keeps_serving_with_the_running_settings(
     cli_env: dict[str, str], world: World, tenant: Tenant, tmp_path: Path
 ) -> None:
