@@ -34,9 +34,9 @@ from app.core.sealing import Sealer
 from app.core.settings import Settings, allowed_buckets, secrets_dir
 from app.core.settings_reload import SettingsReloader
 from app.core.shared_state import RedisGuard, key_prefix, redis_client, shared_state_secret
-from app.db.connection import database_url
+from app.db.connection import database_url, keepalive
 from app.db.database import Database
-from app.db.notifications import listen_forever
+from app.db.notifications import NOTIFY_SQL, Listener
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client
 from app.storage.shared_token_cache import SEALING_PURPOSE, RedisTokenCache
@@ -102,16 +102,19 @@ async def open_components(
             cached.forget_all()
             listening.set()
 
-        background.append(
-            partial(
-                listen_forever,
-                listen_url.get_secret_value() if listen_url is not None else url,
-                KEY_CHANGES_CHANNEL,
-                cached.forget,
-                listening_again,
-                on_lost=cached.stopped_listening,
-            )
+        listener = Listener(
+            listen_url.get_secret_value() if listen_url is not None else url,
+            KEY_CHANGES_CHANNEL,
+            cached.forget,
+            send_probe=lambda channel, nonce: db.execute(NOTIFY_SQL, channel, nonce),
+            heartbeat_seconds=settings.listen_heartbeat_seconds,
+            on_connected=listening_again,
+            on_lost=cached.stopped_listening,
+            on_listening=metrics.observe_listening if settings.metrics_enabled else None,
+            keepalive=keepalive(settings),
+            setting="DATABASE_LISTEN_URL" if listen_url is not None else "DATABASE_URL",
         )
+        background.append(listener.run)
     else:
         api_keys = DatabaseApiKeys(db)
     background.append(api_keys.run)

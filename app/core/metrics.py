@@ -104,6 +104,12 @@ AUDIT_QUEUE = Gauge(
     "Audit records waiting to be written, summed over live workers.",
     multiprocess_mode="livesum",
 )
+LISTENING = Gauge(
+    "orbit_db_listening",
+    "Processes whose listening connection (API-key revocations) is verified by its heartbeat;"
+    " below the number of processes, revocations wait for API_KEY_CACHE_SECONDS there.",
+    multiprocess_mode="livesum",
+)
 DB_POOL_SIZE = Gauge(
     "orbit_db_pool_size",
     "Connections the database pool keeps open (pool size), summed over live workers.",
@@ -162,6 +168,10 @@ def observe_audit_written(count: int) -> None:
 
 def observe_audit_dropped(count: int) -> None:
     AUDIT_RECORDS.labels("dropped").inc(count)
+
+
+def observe_listening(listening: bool) -> None:
+    LISTENING.set(1 if listening else 0)
 
 
 def observe_b2_call(url: str, outcome: str, seconds: float) -> None:

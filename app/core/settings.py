@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     # statement_timeout to DB_STATEMENT_TIMEOUT_MS: a role setting, which PgBouncer cannot drop
     # as it drops the startup parameter.
     db_service_role: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # TCP keepalives on every connection to Postgres (or PgBouncer): one whose path died without
+    # a word (a NAT's idle timeout, a failover) is found dead after IDLE + INTERVAL x COUNT
+    # seconds of silence, or TCP_USER_TIMEOUT with data unacknowledged, and replaced.
+    db_tcp_keepalive_idle_seconds: int = Field(10, ge=1, le=7200)
+    db_tcp_keepalive_interval_seconds: int = Field(3, ge=1, le=600)
+    db_tcp_keepalive_count: int = Field(3, ge=1, le=20)
+    db_tcp_user_timeout_seconds: float = Field(10.0, ge=1, le=600)
+    # The listening connection (revocations) proves itself this often: it sends itself a probe
+    # and reconnects when it does not hear it back (a silent connection, a transaction-mode
+    # pooler); a lost one is noticed within this many seconds.
+    listen_heartbeat_seconds: float = Field(5.0, ge=0.2, le=300)
     # Everything one request does with the database (checkout, connect, query) ends by then.
     db_deadline_seconds: float = Field(1.5, gt=0, le=60)
     # false: no named prepared statements, as PgBouncer in transaction pooling mode needs

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from app.core.settings import Settings
+from app.db.asyncpg_compat import Keepalive
 
 APPLICATION_NAME = "orbit-exports"
 
@@ -28,6 +29,15 @@ def redact(url: str) -> str:
 def asyncpg_dsn(url: str) -> str:
     """The SQLAlchemy URL as asyncpg takes it."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def keepalive(settings: Settings) -> Keepalive:
+    return Keepalive(
+        idle=settings.db_tcp_keepalive_idle_seconds,
+        interval=settings.db_tcp_keepalive_interval_seconds,
+        count=settings.db_tcp_keepalive_count,
+        user_timeout=settings.db_tcp_user_timeout_seconds,
+    )
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import asyncpg
 
 from app.core.errors import DatabaseUnavailable
 from app.core.settings import Settings
-from app.db.connection import asyncpg_dsn, connect_options
+from app.db.asyncpg_compat import Keepalive, enable_keepalive
+from app.db.connection import asyncpg_dsn, connect_options, keepalive
 
 logger = logging.getLogger("app.db")
 
@@ -49,6 +51,11 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     behind PgBouncer in transaction mode it would run on whatever session comes next."""
 
 
+async def _with_keepalive(keepalive: Keepalive, connection: asyncpg.Connection) -> None:
+    """The pool's `init`, for every connection it opens: TCP keepalives on."""
+    enable_keepalive(connection, keepalive)
+
+
 class Database:
     """The request path's way to Postgres: one read-only statement at a time on a connection
     from asyncpg's pool, within a deadline.
@@ -76,6 +83,7 @@ class Database:
             "max_size": self.max_connections,
             "max_inactive_connection_lifetime": settings.db_overflow_idle_seconds,
             "reset": _keep_session,
+            "init": partial(_with_keepalive, keepalive(settings)),
         }
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()

@@ -10,11 +10,11 @@ import asyncio
 import time
 
 import httpx
+from orbit_dev.faults import TcpProxy
 
 from app.api.health import Readiness
 from app.main import create_app
 from tests.support.app import MakeSettings, bearer, serve
-from tests.support.faults import TcpProxy
 from tests.support.world import Tenant, World
 
 

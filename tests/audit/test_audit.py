@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from orbit_dev.faults import TcpProxy
 from sqlalchemy import func, insert, select
 
 from app.audit.log import AuditLog, AuditRecord
@@ -30,7 +31,6 @@ from app.db.tables import export_url_audit
 from app.main import create_app
 from tests.support.app import MakeSettings, bearer, key_headers, serve
 from tests.support.constants import CLI
-from tests.support.faults import TcpProxy
 from tests.support.processes import SERVER_PIDS, server_process
 from tests.support.world import Tenant, World
 

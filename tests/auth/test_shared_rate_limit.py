@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from orbit_dev.faults import TcpProxy
 from redis.asyncio import Redis
 
 from app.auth.rate_limit import InMemoryRateLimiter
 from app.auth.shared_rate_limit import RedisRateLimiter, rate_key_prefix
 from app.core.shared_state import RedisGuard, redis_client
 from tests.support.app import MakeSettings, key_headers, serve
-from tests.support.faults import TcpProxy
 from tests.support.processes import free_port
 from tests.support.waiting import wait_until
 from tests.support.world import Tenant, World

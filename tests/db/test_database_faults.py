@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from orbit_dev.faults import TcpProxy
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.embedded import embedded_postgres_url
@@ -18,7 +19,6 @@ from app.db.engine import create_engine
 from app.db.migrations import run_migrations
 from tests.support.app import MakeSettings, bearer, key_headers, serve
 from tests.support.database import database
-from tests.support.faults import TcpProxy
 from tests.support.waiting import wait_until
 from tests.support.world import Tenant, World
 

@@ -1,4 +1,6 @@
-"""A TCP proxy for fault injection: passes traffic, stalls it, refuses or drops connections."""
+"""A TCP proxy for fault injection, for the tests and `make drill`: passes traffic, stalls it,
+refuses or drops connections, or silences the connections it has (a NAT's idle timeout, a
+failover: nothing passes any more and nothing is closed) while new ones pass."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ class TcpProxy:
         self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # The connections silenced by `silence_existing`, by their client-side writer.
+        self._silenced: set[asyncio.StreamWriter] = set()
+        self._connections: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self.port = 0
 
     def url(self) -> str:
@@ -34,6 +39,12 @@ class TcpProxy:
             self._flowing.clear()
         else:
             self._flowing.set()
+
+    def silence_existing(self) -> None:
+        """Every connection open now stops passing anything, in either direction, without being
+        closed; connections made afterwards pass as usual."""
+        for client, upstream in self._connections:
+            self._silenced |= {client, upstream}
 
     def drop_all(self) -> None:
         for writer in list(self._writers):
@@ -69,17 +80,24 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        pair = (writer, up_writer)
+        self._connections.append(pair)
         await asyncio.gather(
             self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
         )
+        self._connections.remove(pair)
         for w in (writer, up_writer):
             self._writers.discard(w)
+            self._silenced.discard(w)
             w.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
                 await self._flowing.wait()
+                if writer in self._silenced:
+                    continue  # swallowed: the other side never hears of it
                 writer.write(data)
                 await writer.drain()
-        writer.transport.abort()
+        if writer not in self._silenced:
+            writer.transport.abort()
