@@ -71,7 +71,7 @@ def create_app(
             gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
             components.readiness.started = True
             with (
-                health.draining_on_sigterm(components.readiness),
+                health.draining_on_sigterm(components.readiness, settings.shutdown_delay_seconds),
                 reloading_on_sighup(components.reloader),
             ):
                 yield

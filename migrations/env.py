@@ -23,7 +23,15 @@ def _url() -> str:
     return database_url(get_settings())
 
 
+# A migration waits at most this long for a table lock: queued behind a long transaction, its
+# ACCESS EXCLUSIVE request would otherwise hold up every read of the serving fleet behind it.
+# It fails instead, to be run again; migrations are written to need such a lock only briefly
+# (docs/operations.md, "Schema changes").
+LOCK_TIMEOUT = "5s"
+
+
 def _migrate(connection: Connection) -> None:
+    connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -135,18 +135,28 @@ async def readyz(
 
 
 @contextlib.contextmanager
-def draining_on_sigterm(readiness: Readiness) -> Iterator[None]:
-    """Mark the app as draining when SIGTERM arrives, then let the server's own handler run
-    (uvicorn stops accepting connections and waits for in-flight requests)."""
+def draining_on_sigterm(readiness: Readiness, delay: float = 0.0) -> Iterator[None]:
+    """Mark the app as draining when SIGTERM arrives (/readyz answers 503), keep serving for
+    `delay` seconds (SHUTDOWN_DELAY_SECONDS: the load balancer's health check takes the
+    replica out meanwhile, so no new request meets a closed port), then let the server's own
+    handler run (uvicorn stops accepting connections and waits for in-flight requests)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        readiness.draining = True
-        if callable(previous):
+        if not callable(previous):
+            readiness.draining = True
+            return
+        if readiness.draining or delay <= 0:
+            # A second SIGTERM goes straight to the server (uvicorn then stops at once).
+            readiness.draining = True
             previous(signum, frame)
+            return
+        readiness.draining = True
+        loop.call_later(delay, previous, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:

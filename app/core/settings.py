@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     # audit's client_ip is the nearest address that is not one of them. Empty: the peer.
     trusted_proxies: Annotated[list[str], NoDecode] = []
 
+    # On SIGTERM, /readyz answers 503 at once but the replica goes on serving this long before
+    # it stops accepting connections: behind a load balancer whose health check needs that long
+    # to take it out (HAProxy, compose, make cluster), no new request meets a closed port. Under
+    # Kubernetes a preStop pause does the same (0 here).
+    shutdown_delay_seconds: float = Field(0.0, ge=0, le=120)
+
     # On SIGTERM, in-flight requests get this long to finish before the process exits.
     shutdown_grace_seconds: int = Field(20, ge=0, le=600)
 

@@ -117,19 +117,25 @@ def start_redis(stack: ExitStack, logs: Path) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def _haproxy(stack: ExitStack, port: int, backends: list[int], folder: Path, logs: Path) -> None:
+def haproxy_config(port: int, backends: list[int]) -> str:
+    """deploy/compose/haproxy.cfg's settings, for replicas on this machine."""
     servers = "\n".join(
-        f"    server replica{i} 127.0.0.1:{p} check inter 1s fall 2 rise 2"
-        for i, p in enumerate(backends, 1)
+        f"    server replica{i} 127.0.0.1:{p} check" for i, p in enumerate(backends, 1)
     )
-    (folder / "haproxy.cfg").write_text(
+    return (
         "global\n    maxconn 2000\n\n"
         "defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n"
-        "    timeout server 30s\n    retries 1\n    option redispatch\n    option forwardfor\n\n"
+        "    timeout server 30s\n    retries 3\n    option redispatch 1\n"
+        "    retry-on conn-failure empty-response\n    option forwardfor\n\n"
         f"frontend api\n    bind 127.0.0.1:{port}\n    default_backend replicas\n\n"
         "backend replicas\n    balance roundrobin\n    option httpchk GET /readyz\n"
-        f"    http-check expect status 200\n{servers}\n"
+        "    http-check expect status 200\n    default-server inter 500ms fall 2 rise 2\n"
+        f"{servers}\n"
     )
+
+
+def _haproxy(stack: ExitStack, port: int, backends: list[int], folder: Path, logs: Path) -> None:
+    (folder / "haproxy.cfg").write_text(haproxy_config(port, backends))
     proc = stack.enter_context(
         _child(
             [_binary("haproxy"), "-db", "-f", str(folder / "haproxy.cfg")],
@@ -196,6 +202,8 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
             "WEB_CONCURRENCY": "1",
             # HAProxy, on this machine, says who the client is (the audit's client_ip).
             "TRUSTED_PROXIES": "127.0.0.1",
+            # Served on while HAProxy takes a stopping replica out (a rolling restart).
+            "SHUTDOWN_DELAY_SECONDS": "2",
         }
         backends = [free_port() for _ in range(REPLICAS)]
 

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from tests.support.constants import B2_KEY, B2_KEY_ID, CLI, JWT_SECRET
 from tests.support.emulator import Emulator
 from tests.support.processes import free_port, wait_for_http
 from tests.support.waiting import wait_until_sync
-from tests.support.world import World
+from tests.support.world import Tenant, World
 
 SIGN = "b2_get_download_authorization"
 
@@ -129,3 +130,42 @@ def readiness_of(app: object) -> Readiness:
     readiness = app.state.readiness  # type: ignore[attr-defined]
     assert isinstance(readiness, Readiness)
     return readiness
+
+
+async def test_with_a_shutdown_delay_the_replica_drains_before_its_port_closes(
+    cli_env: dict[str, str], world: World, tenant: Tenant, tmp_path: Path
+) -> None:
+    """SHUTDOWN_DELAY_SECONDS: /readyz says 503 at once, requests are still served meanwhile,
+    then the port closes and the process exits."""
+    export = await world.export(tenant, status="processing")
+    headers = {"Authorization": f"Bearer {world.jwt(tenant.org)}"}
+    path = tenant.path(export["id"])
+    await asyncio.to_thread(delayed_drain, cli_env, path, headers)
+
+
+def delayed_drain(env: dict[str, str], path: str, headers: dict[str, str]) -> None:
+    port = free_port()
+    extra = {"SHUTDOWN_DELAY_SECONDS": "2"}
+    proc = subprocess.Popen(
+        [CLI, "serve", "--port", str(port)], env=env | extra, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/livez")
+        assert httpx.get(base + "/readyz").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        wait_until_sync(
+            lambda: httpx.get(base + "/readyz").status_code == 503,
+            within=1,
+            what="/readyz says draining",
+        )
+        # Still serving: the balancer has time to take the replica out.
+        assert httpx.get(base + path, headers=headers).status_code == 409
+        assert time.monotonic() - signalled < 2
+        wait_until_sync(lambda: refuses_connections(base), within=5, what="the port closes")
+        assert time.monotonic() - signalled >= 2
+        assert proc.wait(10) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
