@@ -31,9 +31,9 @@ LOCK_TIMEOUT = "5s"
 
 
 def _migrate(connection: Connection) -> None:
-    connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
+        context.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         context.run_migrations()
 
 

@@ -92,3 +92,38 @@ async def test_lookup_is_served_by_indexes(db: AsyncEngine) -> None:
 
     async with db.connect() as conn:
         assert ["organization_id", "audience_id", "run_id"] in await conn.run_sync(indexes)
+
+
+async def test_a_migration_waits_for_a_lock_briefly_then_gives_up(server_url: str) -> None:
+    """Behind a long transaction, a migration that needs a table lock fails after 5 s
+    (lock_timeout) instead of queueing every read of the serving fleet behind it; run again
+    once the way is clear, it applies."""
+    import asyncio
+    import time
+
+    from alembic import command
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from app.db.migrations import alembic_config
+    from tests.fixtures.database import admin
+
+    name = f"orbit_locks_{uuid.uuid4().hex[:12]}"
+    await admin(server_url, f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_async_engine(url)
+    try:
+        await asyncio.to_thread(command.upgrade, alembic_config(url), "0004")
+        async with engine.connect() as reader:
+            await reader.execute(text("SELECT count(*) FROM intent_audience_exports"))
+            # The reader's transaction holds its lock; 0005 needs ACCESS EXCLUSIVE.
+            started = time.monotonic()
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+            assert 4.5 < time.monotonic() - started < 10
+            await reader.rollback()
+        await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+    finally:
+        await engine.dispose()
+        await admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
