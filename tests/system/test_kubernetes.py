@@ -58,10 +58,13 @@ def test_the_deployment_runs_three_probed_non_root_replicas() -> None:
     assert pod["securityContext"]["runAsUser"] == 10001  # the image's user
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert build_parser().parse_args(container["command"][1:]).command == "serve"
-    # SIGTERM grace longer than the preStop pause plus the service's own drain.
+    # SIGTERM grace longer than the preStop pause, the service's own drain and the audit's
+    # final flush.
+    from app.audit.log import FINAL_FLUSH_SECONDS
+
     drain = int(found["ConfigMap"]["data"]["SHUTDOWN_GRACE_SECONDS"])
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > pause + drain
+    assert pod["terminationGracePeriodSeconds"] > pause + drain + FINAL_FLUSH_SECONDS
 
 
 def secret_mounts(pod: dict[str, Any]) -> dict[str, str]:
@@ -86,10 +89,18 @@ def test_settings_come_from_a_configmap_and_secrets_are_files() -> None:
     assert set(owner) == {"DATABASE_URL"}
     for name in ("DATABASE_URL", "JWT_SECRET", "B2_APPLICATION_KEY", "REDIS_URL"):
         assert name in secret and name not in config
-    for kind, secret_name in (("Deployment", "orbit-exports"), ("Job", "orbit-exports-migrate")):
-        pod = found[kind]["spec"]["template"]["spec"]
+    cron = found["CronJob"]["spec"]["jobTemplate"]
+    pods = {
+        "Deployment": (found["Deployment"]["spec"]["template"]["spec"], "orbit-exports"),
+        "Job": (found["Job"]["spec"]["template"]["spec"], "orbit-exports-migrate"),
+        "CronJob": (cron["spec"]["template"]["spec"], "orbit-exports-migrate"),
+    }
+    for kind, (pod, secret_name) in pods.items():
         (container,) = pod["containers"]
         assert secret_mounts(pod) == {"/run/secrets": secret_name}
+        # Secret files are mode 0400 and the process is not root: readable through the group.
+        security = pod["securityContext"]
+        assert security["fsGroup"] == security["runAsUser"] == 10001, kind
         assert not any("secretRef" in source for source in container.get("envFrom", []))
         assert not any("valueFrom" in item for item in container.get("env", []))
     # Two roles: the service reads as DB_SERVICE_ROLE; the Job migrates as the owner.
