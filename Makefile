@@ -107,11 +107,15 @@ bench: $(STAMP) ## wrk against the floor on 1,000,000 rows; writes docs/performa
 	SMOKE=$(SMOKE) $(BIN)/python bench/s3_signing.py
 	SMOKE=$(SMOKE) $(BIN)/python bench/framework_costs.py
 
-smoke: ## every long run (fuzz, soak, bench, cluster) for a few seconds: do they still work
+drill: $(RUN_STAMP) fleet-tools ## restarts, failovers and silent faults under load on the cluster topology; writes docs/reliability.md
+	$(BIN)/orbit-dev drill $(if $(filter 1,$(SMOKE)),--smoke)
+
+smoke: ## every long run (fuzz, soak, bench, cluster, drill) for a few seconds: do they still work
 	$(MAKE) --no-print-directory fuzz SMOKE=1
 	$(MAKE) --no-print-directory soak SMOKE=1
 	$(MAKE) --no-print-directory bench SMOKE=1
 	$(MAKE) --no-print-directory cluster SMOKE=1
+	$(MAKE) --no-print-directory drill SMOKE=1
 
 # service.txt: the image; run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools;
 # build.txt: the build backend of [build-system] (the image builds the wheels with it, hashed).
@@ -129,4 +133,4 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(LINTED)
 	$(BIN)/ruff check --fix $(LINTED)
 
-.PHONY: help install run run-s3 cluster serve migrate migration lint openapi test browser fleet-tools fuzz soak bench smoke lock lowest format
+.PHONY: help install run run-s3 cluster serve migrate migration lint openapi test browser fleet-tools fuzz soak bench drill smoke lock lowest format

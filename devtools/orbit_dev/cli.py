@@ -7,6 +7,7 @@
 - `b2-emulator`: the B2 native-API emulator on its own.
 - `token`: an HS256 dashboard JWT signed with JWT_SECRET.
 - `exports add`: upload a CSV to B2 and register its export row.
+- `drill`: the weekly operations drills under load (`make drill`).
 - `openapi`: the service's OpenAPI document (`make openapi` writes `contract/openapi.json`,
   `make lint` checks it is current).
 """
@@ -226,6 +227,12 @@ def _cluster(args: argparse.Namespace, settings: Settings) -> int:
     return cmd_cluster(args, settings)
 
 
+def _drill(args: argparse.Namespace, settings: Settings) -> int:
+    from orbit_dev.drill import cmd_drill
+
+    return cmd_drill(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orbit-dev", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -307,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the printed requests through HAProxy once, then stop (exit 1 unless all 200)",
     )
     cluster.set_defaults(handler=_cluster)
+
+    drill = sub.add_parser(
+        "drill",
+        help="restarts, failovers and silent network faults under load on the cluster topology",
+    )
+    drill.add_argument(
+        "--smoke", action="store_true", help="short drills and a light load: do they still run"
+    )
+    drill.add_argument("--rate", type=float, help="requests a second (default 100; smoke 30)")
+    drill.add_argument(
+        "--bucket",
+        default=os.environ.get("DEMO_BUCKET", "orbit-exports"),
+        help="B2 bucket of the demo export (default: DEMO_BUCKET, or orbit-exports)",
+    )
+    drill.set_defaults(handler=_drill)
 
     openapi = sub.add_parser("openapi", help="print the service's OpenAPI document")
     target = openapi.add_mutually_exclusive_group()

@@ -35,7 +35,7 @@ from orbit_dev.children import free_port, keep_free
 REPLICAS = 3
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -48,7 +48,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 @contextmanager
-def _child(
+def child(
     command: list[str], what: str, log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as sink:
@@ -70,15 +70,17 @@ def _child(
         progress(f"stopped {what}")
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if found is None:
         raise RuntimeError(f"{name} is not installed (make cluster installs it with apt)")
     return found
 
 
-def start_pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Path) -> str:
-    """PgBouncer in transaction mode in front of `database_url`; returns its URL."""
+def pgbouncer_command(database_url: str, folder: Path) -> tuple[list[str], int, str]:
+    """PgBouncer in transaction mode in front of `database_url`, its files in `folder`: the
+    command, its port and the URL to reach the database through it (the database's user is
+    also its admin, for PAUSE and RESUME)."""
     parts = urlsplit(asyncpg_dsn(database_url))
     socket_dir = parse_qs(parts.query).get("host", [None])[0]
     host = socket_dir or parts.hostname or "127.0.0.1"
@@ -90,30 +92,44 @@ def start_pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Pat
         f"[databases]\n{dbname} = host={host} port={parts.port or 5432} dbname={dbname}\n\n"
         "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
         f"listen_port = {port}\nunix_socket_dir =\nauth_type = trust\n"
-        f"auth_file = {folder}/users.txt\npool_mode = transaction\ndefault_pool_size = 20\n"
-        "max_client_conn = 500\nignore_startup_parameters = statement_timeout\nquery_timeout = 5\n"
+        f"auth_file = {folder}/users.txt\nadmin_users = {user}\npool_mode = transaction\n"
+        "default_pool_size = 20\nmax_client_conn = 500\n"
+        "ignore_startup_parameters = statement_timeout\nquery_timeout = 5\n"
+        # After a failed login (Postgres restarting), retry within a second, not 15.
+        "server_login_retry = 1\n"
         f"logfile = {folder}/pgbouncer.log\npidfile = {folder}/pgbouncer.pid\n"
     )
-    command = [_binary("pgbouncer"), "-q", str(folder / "pgbouncer.ini")]
+    command = [binary("pgbouncer"), "-q", str(folder / "pgbouncer.ini")]
     if os.geteuid() == 0:
         # PgBouncer refuses root; run it as the owner of the server's socket folder, else as
         # `postgres`.
         owner = pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name if socket_dir else "postgres"
         command[1:1] = ["-u", owner]
-    proc = stack.enter_context(_child(command, "PgBouncer", logs / "pgbouncer.log"))
-    _wait_for_port(port, proc, "PgBouncer")
     password = f":{parts.password}" if parts.password else ""
-    return f"postgresql://{user}{password}@127.0.0.1:{port}/{dbname}"
+    return command, port, f"postgresql://{user}{password}@127.0.0.1:{port}/{dbname}"
+
+
+def start_pgbouncer(stack: ExitStack, database_url: str, folder: Path, logs: Path) -> str:
+    """PgBouncer in transaction mode in front of `database_url`; returns its URL."""
+    command, port, url = pgbouncer_command(database_url, folder)
+    proc = stack.enter_context(child(command, "PgBouncer", logs / "pgbouncer.log"))
+    wait_for_port(port, proc, "PgBouncer")
+    return url
+
+
+def redis_command(port: int) -> list[str]:
+    return [
+        binary("redis-server"), "--bind", "127.0.0.1", "--port", str(port),
+        "--save", "", "--appendonly", "no",
+    ]  # fmt: skip
 
 
 def start_redis(stack: ExitStack, logs: Path) -> str:
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
     port = free_port()
-    command = [_binary("redis-server"), "--bind", "127.0.0.1", "--port", str(port)]
-    command += ["--save", "", "--appendonly", "no"]
-    proc = stack.enter_context(_child(command, "Redis", logs / "redis.log"))
-    _wait_for_port(port, proc, "Redis")
+    proc = stack.enter_context(child(redis_command(port), "Redis", logs / "redis.log"))
+    wait_for_port(port, proc, "Redis")
     return f"redis://127.0.0.1:{port}/0"
 
 
@@ -137,13 +153,13 @@ def haproxy_config(port: int, backends: list[int]) -> str:
 def _haproxy(stack: ExitStack, port: int, backends: list[int], folder: Path, logs: Path) -> None:
     (folder / "haproxy.cfg").write_text(haproxy_config(port, backends))
     proc = stack.enter_context(
-        _child(
-            [_binary("haproxy"), "-db", "-f", str(folder / "haproxy.cfg")],
+        child(
+            [binary("haproxy"), "-db", "-f", str(folder / "haproxy.cfg")],
             "HAProxy",
             logs / "haproxy.log",
         )
     )
-    _wait_for_port(port, proc, "HAProxy")
+    wait_for_port(port, proc, "HAProxy")
 
 
 def _new_key(settings: Settings) -> str:
@@ -211,11 +227,11 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
             port = backends[index]
             command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
             log = logs / f"replica-{index + 1}.log"
-            return stack.enter_context(_child(command, f"replica on {port}", log, env))
+            return stack.enter_context(child(command, f"replica on {port}", log, env))
 
         replicas = [replica(i) for i in range(REPLICAS)]
         for proc, p in zip(replicas, backends, strict=True):
-            _wait_for_port(p, proc, f"the replica on port {p}")
+            wait_for_port(p, proc, f"the replica on port {p}")
         _haproxy(stack, port, backends, folder, logs)
         base = f"http://127.0.0.1:{port}"
         path = data.path(demo.COMPLETED)
