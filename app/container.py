@@ -269,6 +269,7 @@ async def open_components(
             lambda: db.ping(READY_DB_TIMEOUT_SECONDS),
             storage_configured=signer is not None,
             grace=settings.readiness_dependency_grace_seconds,
+            reached=lambda: db.reached,
         ),
         metrics_access=metrics_access,
         reloader=reloader,

@@ -43,10 +43,13 @@ class Readiness:
         *,
         storage_configured: bool,
         grace: float,
+        reached: Callable[[], bool] = lambda: False,
         interval: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ping = ping_database
+        # The database reached by anything since start (the pool opened for a request).
+        self._reached_elsewhere = reached
         self.storage_configured = storage_configured
         self._grace = grace
         self._interval = interval
@@ -65,7 +68,7 @@ class Readiness:
         up = await self._database_up()
         if up:
             return "ok"
-        if not self._reached or self._down_since is None:
+        if not (self._reached or self._reached_elsewhere()) or self._down_since is None:
             return "unavailable"
         return "degraded" if self._monotonic() - self._down_since <= self._grace else "unavailable"
 

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -29,6 +30,12 @@ logger = logging.getLogger("app.shared_state")
 T = TypeVar("T")
 
 PAUSE_AFTER_FAILURE_SECONDS = 1.0
+# TCP keepalives on Redis connections: probe after 10 s of silence, every 3 s, 3 times.
+REDIS_KEEPALIVE = (
+    {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 3, socket.TCP_KEEPCNT: 3}
+    if hasattr(socket, "TCP_KEEPIDLE")
+    else {}
+)
 WARN_EVERY_SECONDS = 60.0
 
 
@@ -61,6 +68,9 @@ def redis_client(url: str, timeout: float, *, single_connection: bool = False) -
         socket_connect_timeout=timeout,
         retry_on_timeout=False,
         single_connection_client=single_connection,
+        # A connection whose path died silently is found by the kernel, not only by a timeout.
+        socket_keepalive=True,
+        socket_keepalive_options=REDIS_KEEPALIVE,
     )
     return client
 

@@ -193,6 +193,11 @@ class Database:
             await self._pool.close()
             self._pool = None
 
+    @property
+    def reached(self) -> bool:
+        """Whether the database has been reached since start (its pool was opened)."""
+        return self._pool is not None
+
     def pool_size(self) -> int:
         """Connections open now."""
         return 0 if self._pool is None else int(self._pool.get_size())

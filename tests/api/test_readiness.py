@@ -147,3 +147,14 @@ async def test_through_a_short_database_outage_the_replica_stays_in_the_balancer
             assert refused.json()["error"]["details"]["database"] == "unavailable"
     finally:
         await proxy.stop()
+
+
+async def test_the_database_reached_by_a_request_counts_as_reached() -> None:
+    """The pool opened for requests before /readyz was first asked: an outage then gets the
+    grace like any other."""
+    clock, database = Clock(), Database()
+    database.up = False
+    readiness = Readiness(
+        database.ping, storage_configured=True, grace=30, monotonic=clock, reached=lambda: True
+    )
+    assert await readiness.database_state() == "degraded"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 
+from tests.fixtures.pgbouncer import PgBouncer
 from tests.support.app import MakeSettings, key_headers, serve
 from tests.support.constants import CLI
 from tests.support.world import Tenant, World
@@ -61,3 +63,29 @@ def test_commands_work_through_pgbouncer(
         check=True,
     )
     assert listing.stdout.count("active") == 3
+
+
+async def test_a_pgbouncer_restart_is_the_services_own_503_then_200_within_3_s(
+    make_settings: MakeSettings, own_pgbouncer: PgBouncer, world: World, tenant: Tenant
+) -> None:
+    """While PgBouncer is down: 503 DATABASE_UNAVAILABLE with Retry-After (never a 500), and
+    /readyz stays 200 (a shared outage, within its grace); 200 again within 3 s of its return."""
+    export = await world.export(tenant, status="processing")
+    key = await world.api_key(tenant.org)
+    settings = make_settings(
+        database_url=own_pgbouncer.url, db_prepared_statements=False, rate_limit_per_minute=0
+    )
+    path = tenant.path(export["id"])
+    async with serve(settings) as client:
+        assert (await client.get(path, headers=key_headers(key))).status_code == 409
+        own_pgbouncer.kill()
+        down = await client.get(path, headers=key_headers(key))
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+        assert int(down.headers["Retry-After"]) > 0
+        assert (await client.get("/readyz")).status_code == 200
+        await asyncio.to_thread(own_pgbouncer.start)
+        back = time.monotonic()
+        while (await client.get(path, headers=key_headers(key))).status_code != 409:
+            assert time.monotonic() - back < 3, "not back within 3 s of PgBouncer's return"
+            await asyncio.sleep(0.05)
