@@ -78,6 +78,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "httptools": {"HTTP_PARSER": "httptools"},
     # Python's own young-generation threshold, against the service's default (GC_GEN0_THRESHOLD).
     "gc700": {"GC_GEN0_THRESHOLD": "700"},
+    # What the access line, the audit and the metrics each cost (A/Bs).
+    "quiet": {"LOG_LEVEL": "WARNING"},
+    "noaudit": {"AUDIT": "off"},
+    "nometrics": {"METRICS_ENABLED": "false"},
     "s3": S3,
     "s3cold": S3 | {"EXPORT_URL_CACHE_SIZE": "0"},
     # A limit no request reaches: its cost, not its refusals (one Redis call per request with
@@ -260,7 +264,8 @@ def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url
         "B2_APPLICATION_KEY": B2_KEY,
         "B2_REALM": emulator_url,
         "RATE_LIMIT_PER_MINUTE": "0",
-        "LOG_LEVEL": "WARNING",
+        # As deployed: one access line per request (the floor logs nothing).
+        "LOG_LEVEL": "INFO",
         "WEB_CONCURRENCY": str(workers),
         # Every case's server runs at once against one Postgres (max_connections 100 by
         # default): 8 connections per process keep them all under it. Past it, the servers

@@ -9,14 +9,15 @@ the path -> the scoped lookup (`queries`) -> the export's state -> a signed URL
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from fastapi import APIRouter, Path, Request
 
 from app.api.envelope import ApiErrorResponse, envelope_meta, request_id
-from app.audit.log import AuditLog, AuditRecord, bounded_user_agent, client_ip
+from app.audit.log import AuditLog, AuditRecord
 from app.auth.dependencies import SECURITY_REQUIREMENT, CurrentPrincipal
 from app.core import request_state
 from app.core.clock import utc_now
@@ -124,12 +125,9 @@ async def get_stored_export(
     if backends.audit is not None:
         backends.audit.record(
             AuditRecord(
-                id=uuid4(),
-                issued_at=utc_now(),
+                issued_at=time.time(),
                 request_id=request_id(request),
-                organization_id=principal.organization_id,
-                actor_id=principal.actor_id,
-                auth_method=principal.method,
+                principal=principal,
                 export_id=export_id,
                 audience_id=audience_id,
                 run_id=run_id,
@@ -138,8 +136,8 @@ async def get_stored_export(
                 file_name=export.file_name,
                 url_expires_at=signed.expires_at,
                 reused=signed.reused,
-                client_ip=client_ip(request.scope.get("client")),
-                user_agent=bounded_user_agent(request.headers.get("user-agent")),
+                client=request.scope.get("client"),
+                user_agent=request.headers.get("user-agent"),
             )
         )
     return StoredExportResponse(

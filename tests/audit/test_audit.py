@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ import pytest
 from orbit_dev.faults import TcpProxy
 from sqlalchemy import func, insert, select
 
-from app.audit.log import AuditLog, AuditRecord
+from app.audit.log import COLUMNS, AuditLog, AuditRecord, row_of
+from app.core.principal import Principal
 from app.db.database import Database
 from app.db.tables import export_url_audit
 from app.main import create_app
@@ -179,12 +179,9 @@ async def wait_for_log(text: str, within: float) -> None:
 
 def a_record(org: uuid.UUID, **changes: Any) -> AuditRecord:
     values: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "issued_at": datetime.now(UTC),
+        "issued_at": time.time(),
         "request_id": "r",
-        "organization_id": org,
-        "actor_id": "user",
-        "auth_method": "jwt",
+        "principal": Principal(organization_id=org, actor_id="user", method="jwt"),
         "export_id": uuid.uuid4(),
         "audience_id": uuid.uuid4(),
         "run_id": uuid.uuid4(),
@@ -193,10 +190,14 @@ def a_record(org: uuid.UUID, **changes: Any) -> AuditRecord:
         "file_name": "exports/a.csv",
         "url_expires_at": datetime.now(UTC) + timedelta(hours=1),
         "reused": False,
-        "client_ip": "192.0.2.7",
+        "client": ("192.0.2.7", 4711),
         "user_agent": "curl",
     }
     return AuditRecord(**(values | changes))
+
+
+def as_row(record: AuditRecord) -> dict[str, Any]:
+    return dict(zip(COLUMNS, row_of(record), strict=True))
 
 
 @asynccontextmanager
@@ -288,13 +289,18 @@ async def test_with_audit_off_nothing_is_recorded(
 async def test_list_filters_and_prune(world: World, cli_env: dict[str, str]) -> None:
     org = uuid.uuid4()
     now = datetime.now(UTC)
-    old = a_record(org, issued_at=now - timedelta(days=100), actor_id="key-1")
+
+    def by(actor: str) -> Principal:
+        return Principal(organization_id=org, actor_id=actor, method="api_key")
+
+    old = a_record(org, issued_at=(now - timedelta(days=100)).timestamp(), principal=by("key-1"))
     recent = [
-        a_record(org, issued_at=now - timedelta(hours=h), actor_id=f"key-{h}") for h in (1, 2)
+        a_record(org, issued_at=(now - timedelta(hours=h)).timestamp(), principal=by(f"key-{h}"))
+        for h in (1, 2)
     ]
     async with world.db.begin() as conn:
         for record in (old, *recent):
-            await conn.execute(insert(export_url_audit).values(**asdict(record)))
+            await conn.execute(insert(export_url_audit).values(**as_row(record)))
     listed = await asyncio.to_thread(audit_list, cli_env, org)
     assert [r["actor_id"] for r in listed] == ["key-1", "key-2", "key-1"]
     by_actor = await asyncio.to_thread(audit_list, cli_env, org, "--actor", "key-2")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 from app.core.logs import ConsoleFormatter, JsonFormatter
 from tests.support.app import MakeSettings, bearer, key_headers, serve
+from tests.support.processes import server_process
 from tests.support.world import Tenant, World
 
 
@@ -105,3 +108,52 @@ async def test_every_line_logged_within_a_request_carries_its_request_id(
         "app.test", logging.INFO, "f", 1, "m", (), None
     )
     assert outside.request_id is None  # type: ignore[attr-defined]
+
+
+async def test_a_real_server_writes_exactly_one_access_line_per_request(
+    cli_env: dict[str, str], world: World, tenant: Tenant, tmp_path: Path
+) -> None:
+    """uvicorn's own access log stays off: `orbit-exports serve` at INFO writes the service's
+    line for each request and nothing else per request."""
+    export = await world.export(tenant, status="processing")
+    headers = bearer(world.jwt(tenant.org))
+    await asyncio.to_thread(count_lines, cli_env, tmp_path, tenant.path(export["id"]), headers)
+
+
+def count_lines(env: dict[str, str], log_dir: Path, path: str, headers: dict[str, str]) -> None:
+    with server_process(env, log_dir, {"LOG_LEVEL": "INFO"}) as url:
+        for i in range(20):
+            answer = httpx.get(url + path, headers=headers | {"X-Request-ID": f"n-{i}"})
+            assert answer.status_code == 409
+    lines = [json.loads(line) for line in (log_dir / "server.log").read_text().splitlines()]
+    per_request = [line for line in lines if str(line.get("request_id", "")).startswith("n-")]
+    assert len(per_request) == 20
+    assert {line["logger"] for line in per_request} == {"app.access"}
+    assert not [line for line in lines if line["logger"] == "uvicorn.access"]
+
+
+def test_a_traceback_survives_the_queue_to_the_writing_thread(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records are formatted on a thread of their own; a traceback is formatted before it is
+    queued, and nothing queued is lost when the process ends."""
+    from app.core.logs import _stop_listener, configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json", force=True)
+        try:
+            raise RuntimeError("queued boom")
+        except RuntimeError:
+            logging.getLogger("app.test").exception("it failed")
+        for i in range(100):
+            logging.getLogger("app.test").info("line %d", i)
+        _stop_listener()  # what the process does at exit
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "RuntimeError: queued boom" in lines[0]["traceback"]
+    assert lines[0]["message"] == "it failed"
+    assert [line["message"] for line in lines[1:]] == [f"line {i}" for i in range(100)]
