@@ -6,19 +6,18 @@ set by the request middleware, stamped on each record when it is made), so a war
 traceback can be matched to its access line. uvicorn's own loggers go through the same handler,
 except its access log: the service writes one access line per request of its own.
 
-A record is only queued on the event loop's thread (logging's QueueHandler); a thread of its
-own formats it (pydantic-core's JSON encoder) and writes the lines that are waiting at once,
-flushing when none is left, so no request waits on a formatter or on stdout.
+Lines are formatted where they are logged (pydantic-core's JSON encoder: a few microseconds)
+and written in batches: a thread of its own writes what has gathered every FLUSH_SECONDS (a
+warning or worse, or a full buffer, at once), so a request never waits on stdout, and neither
+pays for waking a thread (handing every record to a writing thread cost more than the line).
 """
 
 from __future__ import annotations
 
 import atexit
-import copy
 import logging
-import logging.handlers
-import queue
 import sys
+import threading
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -82,49 +81,7 @@ class JsonFormatter(logging.Formatter):
         payload |= fields_of(record)
         if record.exc_info:
             payload["traceback"] = self.formatException(record.exc_info)
-        elif record.exc_text:  # formatted before it was queued
-            payload["traceback"] = record.exc_text
         return to_json(payload, fallback=str).decode()
-
-
-class _QueuedRecords(logging.handlers.QueueHandler):
-    """Queues the record as it is: the listener's formatter does the work. Only a record
-    with a traceback is prepared here (its frames may change once the handler returns)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if not record.exc_info:
-            return record
-        prepared = copy.copy(record)
-        prepared.exc_text = logging.Formatter().formatException(record.exc_info)
-        prepared.msg, prepared.args, prepared.exc_info = record.getMessage(), None, None
-        return prepared
-
-
-class _Lines(logging.StreamHandler):  # type: ignore[type-arg]
-    """Runs on the listener's thread: writes each line, flushes once the queue is empty."""
-
-    def __init__(self, stream: Any, waiting: queue.SimpleQueue[Any]) -> None:
-        super().__init__(stream)
-        self._waiting = waiting
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(self.format(record) + self.terminator)
-            if self._waiting.empty():
-                self.flush()
-        except Exception:
-            self.handleError(record)
-
-
-_listener: logging.handlers.QueueListener | None = None
-
-
-def _stop_listener() -> None:
-    """Write what is queued, then stop the writing thread (at exit, or before another)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -138,19 +95,75 @@ class ConsoleFormatter(logging.Formatter):
         return f"{line} {extra}" if extra else line
 
 
+FLUSH_SECONDS = 0.1
+BUFFERED_LINES = 512
+
+
+class BatchedLines(logging.Handler):
+    """Formatted lines, written together (every FLUSH_SECONDS, or at once for a warning or a
+    full buffer) by a daemon thread; what remains is written at exit."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.stream = stream
+        self._lines: list[str] = []
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_periodically, daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._lines.append(line)  # list.append is atomic under the GIL
+        if record.levelno >= logging.WARNING or len(self._lines) >= BUFFERED_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # Handler.createLock made it
+            lines, self._lines = self._lines, []
+            if lines:
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass  # stdout closed (the process is ending): nothing to tell it to
+
+    def _write_periodically(self) -> None:
+        while not self._stop.wait(FLUSH_SECONDS):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        super().close()
+
+
+_batched: BatchedLines | None = None
+
+
+def _stop_writer() -> None:
+    """Write what is waiting and stop the writing thread (at exit, or before another)."""
+    global _batched
+    if _batched is not None:
+        _batched.close()
+        _batched = None
+
+
 def configure_logging(level: str, fmt: str = "json", *, force: bool = False) -> None:
     """Install our handler on the root logger unless someone (a test runner) already has one,
     and send uvicorn's loggers (but its access log) through it."""
-    global _listener
+    global _batched
     root = logging.getLogger()
     if force or not root.handlers:
-        _stop_listener()
-        waiting: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        lines = _Lines(sys.stdout, waiting)
-        lines.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
-        _listener = logging.handlers.QueueListener(waiting, lines)
-        _listener.start()
-        root.handlers[:] = [_QueuedRecords(waiting)]
+        _stop_writer()
+        _batched = BatchedLines(sys.stdout)
+        _batched.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
+        root.handlers[:] = [_batched]
+    # Not used by our formats, and each costs every record a lookup.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     _stamp_request_ids()
     root.setLevel(level)
     for name in UVICORN_LOGGERS:
@@ -164,4 +177,4 @@ def configure_logging(level: str, fmt: str = "json", *, force: bool = False) -> 
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-atexit.register(_stop_listener)
+atexit.register(_stop_writer)

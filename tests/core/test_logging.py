@@ -132,12 +132,12 @@ def count_lines(env: dict[str, str], log_dir: Path, path: str, headers: dict[str
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]
 
 
-def test_a_traceback_survives_the_queue_to_the_writing_thread(
+def test_batched_lines_keep_their_order_and_nothing_is_lost_at_exit(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Records are formatted on a thread of their own; a traceback is formatted before it is
-    queued, and nothing queued is lost when the process ends."""
-    from app.core.logs import _stop_listener, configure_logging
+    """Lines are written in batches by a thread of their own; a traceback is carried, and
+    nothing waiting is lost when the process ends."""
+    from app.core.logs import _stop_writer, configure_logging
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -149,7 +149,7 @@ def test_a_traceback_survives_the_queue_to_the_writing_thread(
             logging.getLogger("app.test").exception("it failed")
         for i in range(100):
             logging.getLogger("app.test").info("line %d", i)
-        _stop_listener()  # what the process does at exit
+        _stop_writer()  # what the process does at exit
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
