@@ -117,11 +117,11 @@ smoke: ## every long run (fuzz, soak, bench, cluster, drill) for a few seconds: 
 	$(MAKE) --no-print-directory cluster SMOKE=1
 	$(MAKE) --no-print-directory drill SMOKE=1
 
-# service.txt: the image; run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools;
+# service.txt: the image (with the otel extra); run.txt: + the embedded Postgres (make run); dev.txt: + tests and tools;
 # build.txt: the build backend of [build-system] (the image builds the wheels with it, hashed).
 lock: $(STAMP) ## recompile requirements/*.txt (hashed) from pyproject.toml
-	$(LOCK) -o requirements/service.txt
-	$(LOCK) --extra embedded -o requirements/run.txt
+	$(LOCK) --extra otel -o requirements/service.txt
+	$(LOCK) --extra otel --extra embedded -o requirements/run.txt
 	$(LOCK) --extra dev -o requirements/dev.txt
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 		| $(BIN)/uv pip compile - --python-version 3.11 --universal --generate-hashes -q -o requirements/build.txt

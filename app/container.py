@@ -28,7 +28,6 @@ from app.auth.api_keys import (
 from app.auth.dependencies import Authenticator
 from app.auth.jwt_verifier import JwksCache, JwtVerifier
 from app.auth.rate_limit import InMemoryRateLimiter, RateLimiter
-from app.auth.shared_rate_limit import RedisRateLimiter
 from app.core import metrics
 from app.core.sealing import Sealer
 from app.core.settings import Settings, allowed_buckets, secrets_dir
@@ -39,12 +38,13 @@ from app.db.database import Database
 from app.db.notifications import NOTIFY_SQL, Listener
 from app.exports.router import ExportBackends
 from app.storage.b2_client import B2Client
-from app.storage.shared_token_cache import SEALING_PURPOSE, RedisTokenCache
 from app.storage.signer import DownloadSigner, UrlSigner, download_url
 from app.storage.token_cache import InMemoryTokenCache, TokenCache
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from app.storage.shared_token_cache import RedisTokenCache
 
 logger = logging.getLogger("app.main")
 
@@ -144,6 +144,8 @@ async def open_components(
         local = InMemoryRateLimiter(per_minute, burst)
         if limiter_redis is None:
             return local
+        from app.auth.shared_rate_limit import RedisRateLimiter
+
         return RedisRateLimiter(
             guard("rate_limit", limiter_redis), per_minute, burst, local, prefix=prefix
         )
@@ -176,6 +178,8 @@ async def open_components(
     elif b2 is not None:
         token_cache: TokenCache = local_tokens
         if redis is not None:
+            from app.storage.shared_token_cache import SEALING_PURPOSE, RedisTokenCache
+
             rejected = partial(metrics.observe_shared_state_rejected, "download_tokens")
             token_cache = shared_tokens = RedisTokenCache(
                 guard("download_tokens", redis),
@@ -242,7 +246,7 @@ async def open_components(
             token = new.metrics_token
             metrics_access.token = token.get_secret_value().encode() if token is not None else None
         if "shared_state_secret" in changed and shared_tokens is not None:
-            shared_tokens.reseal(Sealer(shared_state_secret(new), SEALING_PURPOSE))
+            shared_tokens.reseal(shared_state_secret(new))
         if changed & {"rate_limit_per_minute", "rate_limit_burst"}:
             limiter = authenticator.rate_limiter
             if limiter is not None and new.rate_limit_per_minute:

@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -43,7 +43,12 @@ from app.core.settings import (
     report_configuration_error,
 )
 from app.core.settings_reload import SettingsReloader, load_settings
+from app.core.tracing import Tracing, untraced
 from app.exports import router as exports
+
+if TYPE_CHECKING:
+    # FastAPI's own OpenTelemetry support, from 0.16x (older ones ignore the argument).
+    from fastapi.telemetry import TelemetryConfig
 
 
 def create_app(
@@ -55,37 +60,42 @@ def create_app(
     settings.check_serving()
     # Worker processes start fresh: give them the same log setup as the command.
     configure_logging(settings.log_level, settings.log_format)
+    tracing = Tracing(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop_with_supervisor()
-        async with open_components(settings, reload_from) as components:
-            app.state.authenticator = components.authenticator
-            app.state.export_backends = components.export_backends
-            app.state.readiness = components.readiness
-            app.state.metrics_access = components.metrics_access
-            # Everything built so far lives as long as the process: keep it out of the
-            # collector's full passes, which otherwise walk it all and stall requests (the p99
-            # of make bench).
-            gc.freeze()
-            gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
-            components.readiness.started = True
-            with (
-                health.draining_on_sigterm(components.readiness, settings.shutdown_delay_seconds),
-                reloading_on_sighup(components.reloader),
-            ):
-                yield
+        try:
+            async with open_components(settings, reload_from) as components:
+                app.state.authenticator = components.authenticator
+                app.state.export_backends = components.export_backends
+                app.state.readiness = components.readiness
+                app.state.metrics_access = components.metrics_access
+                # Everything built so far lives as long as the process: keep it out of the
+                # collector's full passes, which otherwise walk it all and stall requests (the
+                # p99 of make bench).
+                gc.freeze()
+                gc.set_threshold(settings.gc_gen0_threshold, *gc.get_threshold()[1:])
+                components.readiness.started = True
+                with (
+                    health.draining_on_sigterm(
+                        components.readiness, settings.shutdown_delay_seconds
+                    ),
+                    reloading_on_sighup(components.reloader),
+                ):
+                    yield
+        finally:
+            tracing.close()
 
     app = FastAPI(
         title="Orbit API: stored exports",
         version="1.0.0",
         description="Get a stored audience export with a fresh signed Backblaze B2 download URL.",
         lifespan=lifespan,
-        middleware=middleware_stack(settings),
+        middleware=middleware_stack(settings, tracing),
         # Generated clients name their methods after the route: `get_stored_export`.
         generate_unique_id_function=operation_id,
-        # FastAPI's OpenTelemetry hook looks up providers on every request; metrics are ours.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        telemetry=telemetry(tracing),
     )
     install_error_handlers(app)
     app.include_router(exports.router)
@@ -113,7 +123,27 @@ def reloading_on_sighup(reloader: SettingsReloader | None) -> Iterator[None]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
-def middleware_stack(settings: Settings) -> list[Middleware]:
+def telemetry(tracing: Tracing) -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry support: request spans when tracing is on. Never its metrics
+    (ours are Prometheus') or its log records (ours are the JSON lines)."""
+    if tracing.provider is None:
+        # Off means off: FastAPI would otherwise look the global providers up per request.
+        return {"tracing": False, "metrics": False, "logs": False}
+    return {
+        "tracer_provider": tracing.provider,
+        "tracing": True,
+        "metrics": False,
+        "logs": False,
+        # A span per dependency and for serialising, on every request, would cost more than
+        # they tell: the spans that matter are the statement, the Redis calls and the B2 call.
+        "operation_spans": False,
+        # The provider is ours, built from the same variables (and from .env and secret files).
+        "auto_configure": False,
+        "exclude": untraced,
+    }
+
+
+def middleware_stack(settings: Settings, tracing: Tracing | None = None) -> list[Middleware]:
     """Every middleware of ours, outermost first: each request passes them in this order."""
     cors = (
         [Middleware(DashboardCORSMiddleware, origins=settings.cors_allow_origins)]
@@ -134,6 +164,7 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
         Middleware(
             RequestContextMiddleware,
             observe=metrics.observe_request if settings.metrics_enabled else None,
+            annotate=tracing.annotate if tracing is not None else None,
         ),
         *cors,
         # Inside CORS: an overload 503 or an unexpected 500 still carries the dashboard's

@@ -14,6 +14,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -53,6 +54,8 @@ _SECRET_SETTINGS = {
     "database_url": 0,
     "database_listen_url": 0,
     "redis_url": 0,
+    "otel_exporter_otlp_headers": 0,
+    "otel_exporter_otlp_traces_headers": 0,
     # Not secrets, but a placeholder there is a half-done configuration all the same.
     "b2_application_key_id": 0,
     "s3_access_key_id": 0,
@@ -249,6 +252,33 @@ class Settings(BaseSettings):
     # true allows plain http:// to them, for a private network you trust.
     allow_plain_http: bool = False
 
+    # Tracing (OpenTelemetry; the `otel` extra, which the image carries). Off unless
+    # OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_TRACES_EXPORTER
+    # is set, and OTEL_SDK_DISABLED=true keeps it off. These are the standard variables, read
+    # here so that `.env` and secret files carry them too; the SDK's finer tuning (OTEL_BSP_*,
+    # OTEL_EXPORTER_OTLP_TIMEOUT, certificates) it reads from the process environment itself.
+    otel_sdk_disabled: bool = False
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = None
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    # The exporter shipped is OTLP over HTTP (protobuf); gRPC would need another package.
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf"] | None = None
+    # "key=value,key2=value2" sent with every export (a collector's API key: a secret).
+    otel_exporter_otlp_headers: SecretStr | None = None
+    otel_exporter_otlp_traces_headers: SecretStr | None = None
+    otel_service_name: str = Field("orbit-exports", min_length=1, max_length=255)
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = "parentbased_always_on"
+    # The share of requests traced by the *traceidratio samplers.
+    otel_traces_sampler_arg: float = Field(1.0, ge=0, le=1)
+
     @field_validator(
         "jwt_algorithms",
         "cors_allow_origins",
@@ -421,6 +451,36 @@ class Settings(BaseSettings):
             )
         if problems:
             raise ConfigurationError("; ".join(problems))
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                name = str(info.field_name).upper()
+                raise ValueError(f"{name} must be an http:// or https:// URL")
+        return value
+
+    @property
+    def tracing(self) -> bool:
+        """Whether requests are traced (the standard OTEL_* variables ask for it)."""
+        if self.otel_sdk_disabled or self.otel_traces_exporter == "none":
+            return False
+        return bool(
+            self.otel_traces_exporter
+            or self.otel_exporter_otlp_endpoint
+            or self.otel_exporter_otlp_traces_endpoint
+        )
+
+    @property
+    def otlp_traces_endpoint(self) -> str:
+        """Where OTLP spans go: the traces endpoint as given, else the base endpoint's
+        /v1/traces, else the collector on this host (the OpenTelemetry specification's rule)."""
+        if self.otel_exporter_otlp_traces_endpoint:
+            return self.otel_exporter_otlp_traces_endpoint
+        base = self.otel_exporter_otlp_endpoint or "http://localhost:4318"
+        return base.removesuffix("/") + "/v1/traces"
 
     @property
     def storage_configured(self) -> bool:

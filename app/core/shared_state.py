@@ -15,15 +15,18 @@ import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
 
 from app.core.local_secrets import persistent_secret
 from app.core.sealing import length_prefixed
 from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    # redis-py is imported only with REDIS_URL set: it loads much on import (OpenTelemetry's
+    # SDK among it, when installed).
+    from redis.asyncio import Redis
 
 logger = logging.getLogger("app.shared_state")
 
@@ -62,6 +65,8 @@ def redis_client(url: str, timeout: float, *, single_connection: bool = False) -
     """A client whose socket operations give up after `timeout`; it reconnects by itself on
     the next command after a failure. `single_connection`: one connection instead of a pool,
     for a user that never has two commands out at once (a fifth less CPU per command here)."""
+    from redis.asyncio import Redis
+
     client: Redis = Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -89,6 +94,9 @@ class RedisGuard:
         on_fallback: Callable[[], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        from redis.exceptions import RedisError
+
+        self._failures = (RedisError, OSError, TimeoutError)
         self.redis = redis
         self._component = component
         self._timeout = timeout
@@ -105,7 +113,7 @@ class RedisGuard:
         try:
             async with asyncio.timeout(self._timeout):
                 return await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._failures as exc:
             now = self._monotonic()
             self._paused_until = now + PAUSE_AFTER_FAILURE_SECONDS
             if now - self._warned_at >= WARN_EVERY_SECONDS:

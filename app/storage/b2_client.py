@@ -9,6 +9,7 @@ expires, so concurrent requests never stampede. Failures feed a circuit breaker.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -213,9 +214,12 @@ class B2Client:
         call = partial(
             self._download_authorization, bucket_name, file_name, ttl, disposition, deadline
         )
+        # In the request's context, as asyncio.to_thread would: the B2 call's span (tracing on)
+        # belongs to the request's trace.
+        context = contextvars.copy_context()
         try:
             token = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, call), self._timeout
+                loop.run_in_executor(self._executor, context.run, call), self._timeout
             )
         except B2Error as exc:
             if exc.should_retry_http():

@@ -91,9 +91,9 @@ class RedisTokenCache:
         self._b2_key_id = b2_key_id
         self._local.clear()
 
-    def reseal(self, sealer: Sealer) -> None:
+    def reseal(self, secret: bytes) -> None:
         """A new shared-state secret: values sealed with the old one are no longer looked up."""
-        self._sealer = sealer
+        self._sealer = Sealer(secret, SEALING_PURPOSE)
 
     def _keys(self, key: FileKey) -> tuple[str, str]:
         return redis_keys(self._prefix, self._b2_key_id, self._sealer, key)

@@ -233,6 +233,12 @@ def _drill(args: argparse.Namespace, settings: Settings) -> int:
     return cmd_drill(args, settings)
 
 
+def _otlp_sink(args: argparse.Namespace, settings: Settings) -> int:
+    from orbit_dev.otlp import serve_sink
+
+    return serve_sink(args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orbit-dev", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -337,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", type=Path, help="exit 1 unless this file holds exactly the current document"
     )
     openapi.set_defaults(handler=cmd_openapi)
+
+    sink = sub.add_parser(
+        "otlp-sink", help="an OTLP/HTTP trace receiver that answers and discards (make bench)"
+    )
+    sink.add_argument("--port", type=int, required=True, help="port to listen on (127.0.0.1)")
+    sink.set_defaults(handler=_otlp_sink)
 
     emu = sub.add_parser("b2-emulator", help="run the B2 native-API emulator")
     emu.add_argument("--host", default="127.0.0.1", help="address to listen on")
