@@ -62,7 +62,7 @@ WORK = ROOT / "bench" / "results"
 # For quick comparisons while working on the hot path; the doc is written only by a full run.
 DEFAULT_CASES = [
     "floor", "key", "key+gc700", "jwt", "key+ratelimit", "key+redis", "key+pgbouncer",
-    "key+s3", "key+s3cold",
+    "key+s3", "key+s3cold", "key+otel", "key+otel1pct",
 ]  # fmt: skip
 CASES = os.environ.get("BENCH_CASES", ",".join(DEFAULT_CASES)).split(",")
 # "case+variant": the case with these settings (A/Bs in one interleaved run).
@@ -87,6 +87,13 @@ VARIANTS: dict[str, dict[str, str]] = {
     # A limit no request reaches: its cost, not its refusals (one Redis call per request with
     # REDIS_URL).
     "ratelimit": {"RATE_LIMIT_PER_MINUTE": "1000000", "RATE_LIMIT_BURST": "1000000"},
+    # Tracing on, every request traced and one in a hundred; spans go to `orbit-dev otlp-sink`
+    # (main() fills the endpoint in).
+    "otel": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.0"},
+    "otel1pct": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.01",
+    },
 }
 # All eight default cases with two workers each would need more than Postgres's default 100
 # connections: BENCH_WORKERS=2 with a few BENCH_CASES.
@@ -382,6 +389,11 @@ def report(results: list[Result]) -> str:
         "key+ratelimit": "service, API key, in-process rate limit on",
         "key+s3": "service, API key, s3 signer (URLs reused)",
         "key+s3cold": "service, API key, s3 signer (signed every request)",
+        "key+otel": "service, API key, tracing on, every request traced",
+        "key+otel1pct": "service, API key, tracing on, 1 % of requests traced",
+        "key+quiet": "service, API key, LOG_LEVEL=WARNING (no access line)",
+        "key+noaudit": "service, API key, AUDIT=off",
+        "key+nometrics": "service, API key, METRICS_ENABLED=false",
     }
     lines = [
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores),"
@@ -419,6 +431,15 @@ def start_fleet_parts(stack: ExitStack, url: str) -> None:
     stack.callback(shutil.rmtree, folder, True)
     if "redis" in variants:
         VARIANTS["redis"] = VARIANTS["ratelimit"] | {"REDIS_URL": start_redis(stack, folder)}
+    if variants & {"otel", "otel1pct"}:
+        port = free_port()
+        sink = subprocess.Popen(
+            [str(BIN / "orbit-dev"), "otlp-sink", "--port", str(port)], stdout=subprocess.DEVNULL
+        )
+        stack.callback(sink.wait, 10)
+        stack.callback(sink.terminate)
+        for variant in ("otel", "otel1pct"):
+            VARIANTS[variant]["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
     if "pgbouncer" in variants:
         own = folder / "pgbouncer"  # its files; our logs of it stay beside
         own.mkdir()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +21,9 @@ access_log = logging.getLogger("app.access")
 
 # (route template or None, method, status, seconds): how metrics learn of each request.
 RequestObserver = Callable[[str | None, str, int, float], None]
+
+# Tracing off: nothing to add to a span (reentrant, so one serves every request).
+_UNTRACED = nullcontext(lambda: None)
 
 _STATIC_RAW = [(k.lower().encode(), v.encode()) for k, v in STATIC_HEADERS.items()]
 
@@ -58,28 +62,29 @@ class RequestContextMiddleware:
         extra = [*_STATIC_RAW, (b"x-request-id", rid.encode("latin-1"))]
         started = time.perf_counter()
         status = 500  # unless a response starts: an exception escaped to the 500 handler
-        on_response = self.annotate(state) if self.annotate is not None else None
+        tracing = self.annotate(state) if self.annotate is not None else _UNTRACED
 
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if on_response is not None:
+        with tracing as on_response:
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
                     on_response()
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                message["headers"] = headers + [item for item in extra if item[0] not in present]
-            await send(message)
+                    headers = list(message.get("headers", ()))
+                    present = {name.lower() for name, _ in headers}
+                    message["headers"] = headers + [i for i in extra if i[0] not in present]
+                await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            seconds = time.perf_counter() - started
-            _log_request(scope, state, status, seconds)
-            if self.observe is not None:
-                route = getattr(scope.get("route"), "path", None)
-                self.observe(route, scope["method"], status, seconds)
-            current_request_id.reset(context_token)
+            try:
+                await self.app(scope, receive, send_with_headers)
+            finally:
+                seconds = time.perf_counter() - started
+                _log_request(scope, state, status, seconds)
+                if self.observe is not None:
+                    route = getattr(scope.get("route"), "path", None)
+                    self.observe(route, scope["method"], status, seconds)
+                current_request_id.reset(context_token)
 
 
 def _log_request(scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:

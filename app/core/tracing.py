@@ -9,13 +9,14 @@ requests (b2sdk's HTTP client) report to.
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from app.core.settings import ConfigurationError, Settings
 
-# Called by the outermost middleware when a request starts, with the request's state; what it
-# returns is called once the response starts (the caller is known by then).
-RequestAnnotator = Callable[[dict[str, Any]], Callable[[], None]]
+# Entered by the outermost middleware for the whole request, with the request's state; what it
+# gives is called once the response starts (the caller is known by then).
+RequestAnnotator = Callable[[dict[str, Any]], AbstractContextManager[Callable[[], None]]]
 
 # Probes and scrapes: frequent, uninteresting, and they would drown the requests' traces.
 UNTRACED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})

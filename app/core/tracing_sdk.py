@@ -9,7 +9,8 @@ records a statement's parameters, a Redis value or a request's headers or body.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -19,6 +20,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.requests import RequestsInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -112,12 +114,17 @@ class RequestsOnly(Sampler):
         return f"RequestsOnly{{{self._sampler.get_description()}}}"
 
 
-def annotate(state: dict[str, Any]) -> Callable[[], None]:
-    """The request id on the request's span now, who called (and how it ended) once the
-    response starts. Never the credentials, the URL handed out or its token."""
+@contextmanager
+def annotate(state: dict[str, Any]) -> Iterator[Callable[[], None]]:
+    """For one request: the request id on its span now, who called (and how it ended) once the
+    response starts; never the credentials, the URL handed out or its token. A request the
+    sampler left out is not traced below either, so the instrumentations skip their work for
+    it (building each statement's attributes and a span nobody records)."""
     span = trace.get_current_span()
     if not span.is_recording():
-        return _nothing
+        with suppress_instrumentation():
+            yield _nothing
+        return
     span.set_attribute("orbit.request_id", state[request_state.REQUEST_ID])
 
     def on_response() -> None:
@@ -135,7 +142,7 @@ def annotate(state: dict[str, Any]) -> Callable[[], None]:
                 attributes[name] = value
         span.set_attributes(attributes)
 
-    return on_response
+    yield on_response
 
 
 def _nothing() -> None:

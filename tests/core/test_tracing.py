@@ -242,3 +242,47 @@ class TestSampler:
         # A sampler that is not parent-based ignores a caller's decision.
         ratio = make(otel_traces_sampler="traceidratio", otel_traces_sampler_arg=0)
         assert self.decide(ratio, "SERVER", self.remote_parent(True)) == "DROP"
+
+
+class TestRequestSpan:
+    """What the outermost middleware adds to a request's span, and what it spares the
+    instrumentations when the sampler left the request out."""
+
+    def test_a_traced_request_gets_its_id_and_caller(self) -> None:
+        import uuid
+
+        from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.trace import SpanKind
+
+        from app.core import request_state
+        from app.core.principal import Principal
+        from app.core.tracing_sdk import annotate
+
+        org = uuid.uuid4()
+        state: dict[str, Any] = {request_state.REQUEST_ID: "req-1"}
+        tracer = TracerProvider().get_tracer("test")
+        with tracer.start_as_current_span("GET", kind=SpanKind.SERVER) as span:
+            with annotate(state) as on_response:
+                assert is_instrumentation_enabled()
+                state[request_state.AUTH] = Principal(org, "key-id", "api_key", "sk_live_ab")
+                state[request_state.ERROR_CODE] = "EXPORT_NOT_READY"
+                on_response()
+        assert dict(span.attributes or {}) == {
+            "orbit.request_id": "req-1",
+            "orbit.organization_id": str(org),
+            "orbit.auth": "api_key",
+            "orbit.error_code": "EXPORT_NOT_READY",
+        }
+
+    def test_a_request_left_out_is_not_instrumented_below(self) -> None:
+        from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+        from app.core import request_state
+        from app.core.tracing_sdk import annotate
+
+        # No recording span: the sampler said no (or FastAPI's exclude hook did).
+        with annotate({request_state.REQUEST_ID: "req-2"}) as on_response:
+            assert not is_instrumentation_enabled()
+            on_response()
+        assert is_instrumentation_enabled()
