@@ -262,12 +262,14 @@ class TestRequestSpan:
         org = uuid.uuid4()
         state: dict[str, Any] = {request_state.REQUEST_ID: "req-1"}
         tracer = TracerProvider().get_tracer("test")
-        with tracer.start_as_current_span("GET", kind=SpanKind.SERVER) as span:
-            with annotate(state) as on_response:
-                assert is_instrumentation_enabled()
-                state[request_state.AUTH] = Principal(org, "key-id", "api_key", "sk_live_ab")
-                state[request_state.ERROR_CODE] = "EXPORT_NOT_READY"
-                on_response()
+        with (
+            tracer.start_as_current_span("GET", kind=SpanKind.SERVER) as span,
+            annotate(state) as on_response,
+        ):
+            assert is_instrumentation_enabled()
+            state[request_state.AUTH] = Principal(org, "key-id", "api_key", "sk_live_ab")
+            state[request_state.ERROR_CODE] = "EXPORT_NOT_READY"
+            on_response()
         assert dict(span.attributes or {}) == {
             "orbit.request_id": "req-1",
             "orbit.organization_id": str(org),
