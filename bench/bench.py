@@ -186,6 +186,8 @@ class Result:
     peak_rss_mib: float
     ready_s: float
     body_bytes: int
+    # CPU time of the server's processes (all workers) per request answered.
+    cpu_us: float
 
 
 def _ms(value: str) -> float:
@@ -258,6 +260,19 @@ class Running:
     slices: list[dict[str, float]] = field(default_factory=list)
     b2_calls: int = 0
     peak_rss_mib: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User and system CPU time of the server and its worker processes so far."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def start_case(case: str, workers: int, url: str, lines_file: Path, emulator_url: str) -> Running:
@@ -323,11 +338,14 @@ def measure_slice(running: Running, emulator_url: str) -> None:
         target=sample_rss, args=(psutil.Process(running.proc.pid), stop, peak)
     )
     sampler.start()
+    server = psutil.Process(running.proc.pid)
+    cpu_before = cpu_seconds(server)
     try:
         running.slices.append(run_wrk(running.base, running.script_input, SECONDS))
     finally:
         stop.set()
         sampler.join()
+    running.cpu_seconds += cpu_seconds(server) - cpu_before
     running.b2_calls += b2_sign_calls(emulator_url)
     running.peak_rss_mib = max([running.peak_rss_mib, *peak])
 
@@ -348,6 +366,7 @@ def summary(running: Running) -> Result:
         errors=sum(int(s["errors"]) for s in slices), requests=requests,
         b2_calls=running.b2_calls, peak_rss_mib=running.peak_rss_mib,
         ready_s=running.ready_s, body_bytes=running.body_bytes,
+        cpu_us=running.cpu_seconds / max(1, requests) * 1e6,
     )  # fmt: skip
 
 
@@ -402,15 +421,16 @@ def report(results: list[Result]) -> str:
         f" {WARMUP} s until one made no B2 call,"
         f" {ROWS:,} export rows, {SAMPLE:,} random completed exports requested.",
         "",
-        "| case | workers | req/s | vs floor | p50 ms | p99 ms | p99 vs floor | errors"
-        " | B2 calls | peak RSS/worker MiB | ready s | body bytes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | workers | req/s | vs floor | p50 ms | p99 ms | p99 vs floor | CPU µs/req"
+        " | errors | B2 calls | peak RSS/worker MiB | ready s | body bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         f = floor[r.workers]
         lines.append(
             f"| {names.get(r.case, r.case)} | {r.workers} | {r.rps:,.0f} | {r.rps / f.rps:.2f} | "
-            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.p99_ms / f.p99_ms:.2f} | {r.errors} | "
+            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.p99_ms / f.p99_ms:.2f} | {r.cpu_us:.0f} | "
+            f"{r.errors} | "
             f"{r.b2_calls} | {r.peak_rss_mib:.0f} | {r.ready_s:.2f} | {r.body_bytes} |"
         )
     return "\n".join(lines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import update
@@ -23,10 +22,8 @@ SIGN = "b2_get_download_authorization"
 
 
 @pytest.fixture(autouse=True)
-def clean_emulator(emulator: Emulator) -> Iterator[None]:
-    emulator.clear_faults()
-    yield
-    emulator.clear_faults()
+def _no_fault_left(clean_emulator: Emulator) -> None:
+    """Every test here injects faults: none outlives it."""
 
 
 @pytest.mark.parametrize(

@@ -56,10 +56,13 @@ def wait_until_sync(
     within: float,
     what: Describe,
     interval: float = POLL_SECONDS,
-) -> None:
-    """`wait_until` for code that runs outside the event loop (a thread, a synchronous test)."""
-    deadline = time.monotonic() + within
+) -> float:
+    """`wait_until` for code that runs outside the event loop (a thread, a synchronous test);
+    returns the seconds it took."""
+    started = time.monotonic()
+    deadline = started + within
     while not condition():
         if time.monotonic() >= deadline:
             raise _failure(what, within)
         time.sleep(interval)
+    return time.monotonic() - started

@@ -172,4 +172,34 @@ def test_disruptions_autoscaling_and_migrations() -> None:
     job = found["Job"]["spec"]["template"]["spec"]
     (container,) = job["containers"]
     assert build_parser().parse_args(container["command"][1:]).command == "migrate"
-    assert found["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert found["Service/orbit-exports"]["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_pgbouncer_keeps_prepared_statements_in_transaction_mode() -> None:
+    """The shipped PgBouncer is 1.21+ with max_prepared_statements, and the service uses named
+    prepared statements through it; so does compose's cluster profile."""
+    found = manifests()
+    pod = found["Deployment/pgbouncer"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["POOL_MODE"] == "transaction" and int(env["MAX_PREPARED_STATEMENTS"]) > 0
+    assert _pgbouncer_version(container["image"]) >= (1, 21)
+    assert found["ConfigMap"]["data"]["DB_PREPARED_STATEMENTS"] == "true"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    service = found["Service/pgbouncer"]["spec"]
+    port = service["ports"][0]["port"]
+    assert f"@pgbouncer:{port}/" in found["Secret/orbit-exports"]["stringData"]["DATABASE_URL"]
+    labels = found["Deployment/pgbouncer"]["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert _pgbouncer_version(compose["pgbouncer"]["image"]) >= (1, 21)
+    assert int(compose["pgbouncer"]["environment"]["MAX_PREPARED_STATEMENTS"]) > 0
+    assert compose["replica-1"]["environment"]["DB_PREPARED_STATEMENTS"] == "true"
+
+
+def _pgbouncer_version(image: str) -> tuple[int, int]:
+    tag = image.partition(":")[2]
+    found = re.fullmatch(r"v(\d+)\.(\d+)\.\d+(-p\d+)?(@sha256:[0-9a-f]{64})?", tag)
+    assert found, image
+    return int(found[1]), int(found[2])

@@ -14,10 +14,9 @@ import asyncio
 import os
 import signal
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from tests.support.emulator import Emulator
 from tests.support.processes import SERVER_PIDS, server_process
 from tests.support.secret_volume import SecretVolume
 from tests.support.secrets import SECRETS
+from tests.support.waiting import wait_until_sync
 from tests.support.world import Tenant, World
 
 FIRST = "first-jwt-secret-" + "a" * 32
@@ -63,15 +63,6 @@ def serving(
 
 def sighup(url: str) -> None:
     os.kill(SERVER_PIDS[url], signal.SIGHUP)
-
-
-def wait_until(condition: Callable[[], bool], bound: float, what: str) -> float:
-    """Seconds until `condition()` held; fails past `bound`."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < bound, what
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 class Load:
@@ -145,7 +136,9 @@ def jwt_rotation(
             if trigger == "sighup":
                 sighup(url)
             bound = RELOAD_BOUND if trigger == "sighup" else 1 + RELOAD_BOUND
-            took = wait_until(lambda: status(url, path, new) == 409, bound, "new secret refused")
+            took = wait_until_sync(
+                lambda: status(url, path, new) == 409, within=bound, what="new secret refused"
+            )
             assert status(url, path, old) == 409  # the overlap
             assert metric(url, "orbit_jwt_previous_secret_total") > 0
         assert set(during_overlap.statuses) == {("old", 409), ("key", 409)}
@@ -153,7 +146,9 @@ def jwt_rotation(
         volume.write({"JWT_SECRET": SECOND})
         if trigger == "sighup":
             sighup(url)
-        wait_until(lambda: status(url, path, old) == 401, bound, "the old token still works")
+        wait_until_sync(
+            lambda: status(url, path, old) == 401, within=bound, what="the old token still works"
+        )
         assert status(url, path, new) == 409
     print(f"rotation ({trigger}): the new secret worked {took:.2f} s after the change")  # noqa: T201
 
@@ -180,7 +175,9 @@ def workers_reload(cli_env: dict[str, str], tmp_path: Path, path: str, old: str,
                 # A new connection each time, so that each worker gets its share.
                 return all(status(url, path, new) == 409 for _ in range(20))
 
-            took = wait_until(every_worker_has_it, 10, "a worker kept the old settings")
+            took = wait_until_sync(
+                every_worker_has_it, within=10, what="a worker kept the old settings"
+            )
         assert set(load.statuses) == {("old", 409)}, load.statuses
     print(f"rotation (2 workers): every worker had the new secret {took:.2f} s after SIGHUP")  # noqa: T201
 
@@ -198,10 +195,10 @@ def invalid_reload(cli_env: dict[str, str], tmp_path: Path, path: str, token: st
         refused = metric(url, "orbit_settings_reload_refused_total")
         volume.write({"JWT_SECRET": "too-short-to-sign"})
         sighup(url)
-        wait_until(
+        wait_until_sync(
             lambda: metric(url, "orbit_settings_reload_refused_total") > refused,
-            RELOAD_BOUND,
-            "the reload was not refused",
+            within=RELOAD_BOUND,
+            what="the reload was not refused",
         )
         assert status(url, path, token) == 409
         log = (tmp_path / "server.log").read_text()
@@ -253,7 +250,9 @@ def b2_rotation(
                 answer = httpx.get(url + paths[0], headers=headers, timeout=10)
                 return emulator.key_behind(download_token(answer)) == second[0]
 
-            wait_until(new_key_signs, RELOAD_BOUND, "URLs still carried the old key")
+            wait_until_sync(
+                new_key_signs, within=RELOAD_BOUND, what="URLs still carried the old key"
+            )
             emulator.delete_key(first[0])
             for path in paths:
                 answer = httpx.get(url + path, headers=headers, timeout=10)
@@ -299,13 +298,13 @@ def s3_rotation(
                 | {"JWT_SECRET": JWT_SECRET}
             )
             sighup(url)
-            wait_until(
+            wait_until_sync(
                 lambda: (
                     credential(httpx.get(url + path, headers=headers, timeout=10))
                     == ROTATED_ACCESS_KEY
                 ),
-                RELOAD_BOUND,
-                "URLs still carried the old key",
+                within=RELOAD_BOUND,
+                what="URLs still carried the old key",
             )
             # From then on, never the old key again (the reused URLs were dropped).
             for _ in range(20):

@@ -10,11 +10,9 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from app.api.health import Readiness
 from tests.support.app import MakeSettings, bearer, serve
@@ -25,13 +23,6 @@ from tests.support.waiting import wait_until_sync
 from tests.support.world import Tenant, World
 
 SIGN = "b2_get_download_authorization"
-
-
-@pytest.fixture
-def clean_emulator(emulator: Emulator) -> Iterator[Emulator]:
-    emulator.clear_faults()
-    yield emulator
-    emulator.clear_faults()
 
 
 async def test_sigterm_lets_the_in_flight_request_finish(
