@@ -109,9 +109,8 @@ def create_app(
 @contextlib.contextmanager
 def reloading_on_sighup(reloader: SettingsReloader | None) -> Iterator[None]:
     """SIGHUP reloads the settings in this process (one worker: `orbit-exports serve` with
-    WEB_CONCURRENCY=1, `uvicorn app.main:app`). With several workers SIGHUP reaches uvicorn's
-    supervisor, which replaces each worker by one started on the new settings, the new one
-    serving before the old one stops."""
+    WEB_CONCURRENCY=1, `uvicorn app.main:app`), and in each worker of `orbit-exports serve`
+    with several, whose supervisor passes the signal on (app/cli/uvicorn_compat.py)."""
     if reloader is None or threading.current_thread() is not threading.main_thread():
         yield
         return

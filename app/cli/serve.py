@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from app.cli.common import ready_database_url
 from app.core.process import METRICS_DIR_ENV, SUPERVISOR_PID_ENV
@@ -50,6 +51,8 @@ def run_server(settings: Settings, host: str, port: int) -> None:
     settings from the environment, where the resolved DATABASE_URL is put first."""
     import uvicorn
 
+    from app.cli.uvicorn_compat import run_workers
+
     # Several workers share one metrics folder; nothing may import prometheus-client before
     # the folder is in the environment.
     shared_metrics = settings.web_concurrency > 1 or METRICS_DIR_ENV in os.environ
@@ -58,8 +61,7 @@ def run_server(settings: Settings, host: str, port: int) -> None:
     os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
     get_settings.cache_clear()
     try:
-        uvicorn.run(
-            "app.main:app",
+        options: dict[str, Any] = dict(
             host=host,
             port=port,
             workers=settings.web_concurrency,
@@ -79,6 +81,11 @@ def run_server(settings: Settings, host: str, port: int) -> None:
             # A backstop for connection floods; the app's own limit answers in the envelope.
             limit_concurrency=settings.max_concurrent_requests * 4,
         )
+        if settings.web_concurrency > 1:
+            # uvicorn's supervisor, except that SIGHUP reloads the workers in place.
+            run_workers(uvicorn.Config("app.main:app", **options))
+        else:
+            uvicorn.run("app.main:app", **options)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

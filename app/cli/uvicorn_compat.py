@@ -1,4 +1,5 @@
-"""The one use of uvicorn's private API: its httptools protocol, with a bound on header bytes.
+"""The one place that uses uvicorn's private API: its httptools protocol, with a bound on
+header bytes, and its worker supervisor, which passes SIGHUP on to the workers.
 
 uvicorn's httptools protocol (the fast parser, uvicorn's default when httptools is installed)
 reads request headers of any size into memory: an 8 MB header was accepted. uvicorn's only
@@ -8,24 +9,41 @@ received while a request's headers are incomplete and answers 431 (the error env
 closes the connection once MAX_HEADER_BYTES is passed, so at most MAX_HEADER_BYTES plus one read
 (64 kB) is buffered per connection.
 
+With several workers, uvicorn's supervisor (`uvicorn.supervisors.Multiprocess`) answers SIGHUP
+by replacing every worker. A replaced worker closes its idle keep-alive connections, and a
+client whose next request was already on its way gets no answer (one lost request in 2,166 in
+`tests/system/test_rotation.py`); the replacement also took 3.7 s for two workers. Each worker
+reloads its settings in place on SIGHUP (app/main.py), so this supervisor passes the signal on
+instead: to each worker that has finished starting (its SIGHUP handler is installed by then),
+and to a worker still starting once it has, so none is missed and none is killed by it.
+
 It overrides `connection_made`, `data_received`, `on_headers_complete` and
-`on_message_complete` of `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`;
-`tests/cli/test_uvicorn_compat.py` pins the installed uvicorn to `WRITTEN_FOR` and exercises it
-through a real server, so an upgrade fails loudly there rather than quietly in production.
+`on_message_complete` of `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`, and
+`handle_hup` and `keep_subprocess_alive` of `Multiprocess` (using its `processes`, and their
+`pid` and `is_ready`); `tests/cli/test_uvicorn_compat.py` pins the installed uvicorn to
+`WRITTEN_FOR` and exercises both through a real server, so an upgrade fails loudly there
+rather than quietly in production.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
+import socket
 import uuid
 from datetime import UTC, datetime
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from app.api.envelope import REQUEST_ID_HEADER, STATIC_HEADERS
 from app.core.settings import get_settings
+
+_supervisor_log = logging.getLogger("uvicorn.error")
 
 # The uvicorn minor line these overrides were read from (also pinned in pyproject.toml).
 WRITTEN_FOR = "0.54"
@@ -89,3 +107,48 @@ class HeaderBoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._header_bytes = 0
         super().on_message_complete()
+
+
+class ReloadingMultiprocess(Multiprocess):
+    """uvicorn's worker supervisor, except that SIGHUP reloads each worker's settings in place
+    (the worker's own handler) rather than replacing the workers."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        # Workers a SIGHUP has yet to reach, by pid: those still starting when it came.
+        self._reload_pending: set[int] = set()
+
+    def handle_hup(self) -> None:
+        _supervisor_log.info(
+            "Received SIGHUP, passing it on to the workers (each reloads its settings)."
+        )
+        self._reload_pending = {p.pid for p in self.processes if p.pid is not None}
+        self._pass_on_sighup()
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()
+        self._pass_on_sighup()
+
+    def _pass_on_sighup(self) -> None:
+        if not self._reload_pending:
+            return
+        for process in self.processes:
+            pid = process.pid
+            # Before it is ready a worker has no SIGHUP handler, and the signal would kill it.
+            if pid in self._reload_pending and process.is_ready(timeout=1):
+                os.kill(pid, signal.SIGHUP)
+                self._reload_pending.discard(pid)
+                _supervisor_log.info("Passed SIGHUP on to worker [%d]", pid)
+        # A worker that died meanwhile was replaced by one that read the settings afresh.
+        self._reload_pending &= {p.pid for p in self.processes}
+
+
+def run_workers(config: uvicorn.Config) -> None:
+    """`uvicorn.run` for `config.workers` > 1, with the supervisor above."""
+    sock = config.bind_socket()
+    try:
+        ReloadingMultiprocess(config, sockets=[sock]).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()

@@ -1,6 +1,7 @@
-"""uvicorn's private httptools protocol as app/cli/uvicorn_compat.py subclasses it: pinned to
-the uvicorn line it was read from, present with the methods it overrides, and bounding header
-bytes on a real `orbit-exports serve` (whose default parser it is)."""
+"""uvicorn's private httptools protocol and worker supervisor as app/cli/uvicorn_compat.py
+subclasses them: pinned to the uvicorn line they were read from, present with the methods it
+overrides, and bounding header bytes on a real `orbit-exports serve` (whose default parser it
+is)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 
 import httpx
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from app.cli import uvicorn_compat
 
@@ -28,6 +30,21 @@ def test_the_overridden_methods_exist_with_their_signatures() -> None:
     assert parameters("data_received") == ["self", "data"]
     assert parameters("on_headers_complete") == ["self"]
     assert parameters("on_message_complete") == ["self"]
+
+
+def test_the_supervisor_parts_used_exist_with_their_signatures() -> None:
+    """ReloadingMultiprocess overrides two methods of uvicorn's supervisor and reads its
+    workers (`processes`: `pid`, `is_ready`); the behaviour is in tests/system/test_rotation.py."""
+    assert list(inspect.signature(Multiprocess.__init__).parameters) == [
+        "self",
+        "config",
+        "sockets",
+    ]
+    assert list(inspect.signature(Multiprocess.handle_hup).parameters) == ["self"]
+    assert list(inspect.signature(Multiprocess.keep_subprocess_alive).parameters) == ["self"]
+    assert list(inspect.signature(Process.is_ready).parameters) == ["self", "timeout"]
+    assert isinstance(Process.pid, property)
+    assert "self.processes: list[Process]" in inspect.getsource(Multiprocess.__init__)
 
 
 def raw_request(url: str, header_bytes: int) -> bytes:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 from orbit_dev.children import free_port
 
 from tests.support.constants import CLI
@@ -69,3 +70,19 @@ def server_process(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def is_worker(process: psutil.Process) -> bool:
+    # uvicorn's workers are multiprocessing's spawned interpreters; the spawn context also runs
+    # a resource tracker beside them, which is not a worker.
+    command = " ".join(process.cmdline())
+    return "multiprocessing.spawn" in command and "resource_tracker" not in command
+
+
+def workers_of(supervisor: psutil.Process, count: int = 2) -> list[psutil.Process]:
+    """The supervisor's worker processes, once there are `count` of them."""
+    deadline = time.monotonic() + 20
+    while len(workers := [p for p in supervisor.children() if is_worker(p)]) != count:
+        assert time.monotonic() < deadline, supervisor.children()
+        time.sleep(0.1)
+    return workers

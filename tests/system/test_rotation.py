@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import threading
 import uuid
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psutil
 import pytest
 
 from tests.fixtures.s3 import (
@@ -36,7 +38,7 @@ from tests.fixtures.s3 import (
 )
 from tests.support.constants import JWT_SECRET
 from tests.support.emulator import Emulator
-from tests.support.processes import SERVER_PIDS, server_process
+from tests.support.processes import SERVER_PIDS, server_process, workers_of
 from tests.support.secret_volume import SecretVolume
 from tests.support.secrets import SECRETS
 from tests.support.waiting import wait_until_sync
@@ -156,8 +158,9 @@ def jwt_rotation(
 async def test_sighup_reloads_every_worker_of_a_multi_worker_server(
     cli_env: dict[str, str], world: World, tenant: Tenant, tmp_path: Path
 ) -> None:
-    """With WEB_CONCURRENCY > 1, SIGHUP reaches uvicorn's supervisor, which replaces each worker
-    by one started on the new settings, the new one serving before the old one stops."""
+    """With WEB_CONCURRENCY > 1, SIGHUP reaches uvicorn's supervisor, which passes it on to the
+    workers (app/cli/uvicorn_compat.py): each reloads in place, none is replaced, so a client's
+    keep-alive connection survives (replacing the workers lost a request in 2,166 here)."""
     export = await world.export(tenant, status="processing")
     path = tenant.path(export["id"])
     old, new = world.jwt(tenant.org, secret=FIRST), world.jwt(tenant.org, secret=SECOND)
@@ -167,6 +170,16 @@ async def test_sighup_reloads_every_worker_of_a_multi_worker_server(
 def workers_reload(cli_env: dict[str, str], tmp_path: Path, path: str, old: str, new: str) -> None:
     secrets = {"JWT_SECRET": FIRST}
     with serving(cli_env, tmp_path, secrets, WEB_CONCURRENCY="2") as (url, volume):
+        supervisor = psutil.Process(SERVER_PIDS[url])
+        workers = {w.pid for w in workers_of(supervisor)}
+        # Both serving, so that the time below is the reload's alone.
+        wait_until_sync(
+            lambda: (
+                (tmp_path / "server.log").read_text().count("Application startup complete") == 2
+            ),
+            within=30,
+            what="the workers did not start",
+        )
         with Load(url, [("old", path, {"Authorization": f"Bearer {old}"})]) as load:
             volume.write({"JWT_SECRET": SECOND, "JWT_PREVIOUS_SECRETS": FIRST})
             sighup(url)
@@ -176,10 +189,41 @@ def workers_reload(cli_env: dict[str, str], tmp_path: Path, path: str, old: str,
                 return all(status(url, path, new) == 409 for _ in range(20))
 
             took = wait_until_sync(
-                every_worker_has_it, within=10, what="a worker kept the old settings"
+                every_worker_has_it, within=RELOAD_BOUND, what="a worker kept the old settings"
             )
         assert set(load.statuses) == {("old", 409)}, load.statuses
+        assert {w.pid for w in workers_of(supervisor)} == workers
     print(f"rotation (2 workers): every worker had the new secret {took:.2f} s after SIGHUP")  # noqa: T201
+
+
+async def test_a_sighup_reaches_a_worker_that_is_still_starting(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker has no SIGHUP handler until it has started, and the signal would kill it: the
+    supervisor passes it on once the worker is ready."""
+    await asyncio.to_thread(starting_worker_reload, cli_env, tmp_path)
+
+
+def starting_worker_reload(cli_env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    passed_on = re.compile(r"Passed SIGHUP on to worker \[(\d+)\]")
+    with serving(cli_env, tmp_path, {"JWT_SECRET": FIRST}, WEB_CONCURRENCY="2") as (url, _):
+        supervisor = psutil.Process(SERVER_PIDS[url])
+        workers_of(supervisor)
+        # A third worker; SIGHUP comes while it is still importing the app (which takes
+        # about a second here, and the supervisor handles signals every 0.5 s).
+        os.kill(supervisor.pid, signal.SIGTTIN)
+        workers_of(supervisor, 3)
+        os.kill(supervisor.pid, signal.SIGHUP)
+        wait_until_sync(
+            lambda: len(passed_on.findall(log.read_text())) == 3,
+            within=20,
+            what="a worker did not get the SIGHUP",
+        )
+        reached = {int(pid) for pid in passed_on.findall(log.read_text())}
+        assert {w.pid for w in workers_of(supervisor, 3)} == reached
+        assert all(httpx.get(url + "/livez").status_code == 200 for _ in range(30))
+    assert " died" not in log.read_text()
 
 
 async def test_an_invalid_reload_keeps_serving_with_the_running_settings(

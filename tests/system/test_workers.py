@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.processes import SERVER_PIDS, server_process
+from tests.support.processes import SERVER_PIDS, server_process, workers_of
 
 TWO_WORKERS = {"WEB_CONCURRENCY": "2", "DB_POOL_SIZE": "2", "RATE_LIMIT_PER_MINUTE": "0"}
 
@@ -22,22 +22,6 @@ def two_workers(
 ) -> Iterator[tuple[str, psutil.Process]]:
     with server_process(cli_env, tmp_path_factory.mktemp("workers"), TWO_WORKERS) as url:
         yield url, psutil.Process(SERVER_PIDS[url])
-
-
-def is_worker(process: psutil.Process) -> bool:
-    # uvicorn's workers are multiprocessing's spawned interpreters; the spawn context also runs
-    # a resource tracker beside them, which is not a worker.
-    command = " ".join(process.cmdline())
-    return "multiprocessing.spawn" in command and "resource_tracker" not in command
-
-
-def workers_of(supervisor: psutil.Process, count: int = 2) -> list[psutil.Process]:
-    """The supervisor's worker processes, once there are `count` of them."""
-    deadline = time.monotonic() + 20
-    while len(workers := [p for p in supervisor.children() if is_worker(p)]) != count:
-        assert time.monotonic() < deadline, supervisor.children()
-        time.sleep(0.1)
-    return workers
 
 
 def all_answer(url: str, times: int = 20) -> None:
