@@ -20,9 +20,10 @@ and to a worker still starting once it has, so none is missed and none is killed
 It overrides `connection_made`, `data_received`, `on_headers_complete` and
 `on_message_complete` of `uvicorn.protocols.http.httptools_impl.HttpToolsProtocol`, and
 `handle_hup` and `keep_subprocess_alive` of `Multiprocess` (using its `processes`, and their
-`pid` and `is_ready`); `tests/cli/test_uvicorn_compat.py` pins the installed uvicorn to
-`WRITTEN_FOR` and exercises both through a real server, so an upgrade fails loudly there
-rather than quietly in production.
+`pid`, `exitcode` and `is_ready`); `tests/cli/test_uvicorn_compat.py` pins the installed
+uvicorn to `WRITTEN_FOR`, checks those parts' signatures and runs the protocol in a real server;
+the supervisor's behaviour is tested on real servers in `tests/system/test_rotation.py`. An
+upgrade fails loudly there rather than quietly in production.
 """
 
 from __future__ import annotations
@@ -115,32 +116,48 @@ class ReloadingMultiprocess(Multiprocess):
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
         super().__init__(config, sockets)
-        # Workers a SIGHUP has yet to reach, by pid: those still starting when it came.
+        # Workers a SIGHUP has yet to reach, by pid, and those told they are waited for.
         self._reload_pending: set[int] = set()
+        self._reload_waiting: set[int] = set()
 
     def handle_hup(self) -> None:
         _supervisor_log.info(
             "Received SIGHUP, passing it on to the workers (each reloads its settings)."
         )
+        # Passed on in this same pass of the loop, once keep_subprocess_alive has seen every
+        # worker answer (so each is asked whether it is ready once, right after it answered).
         self._reload_pending = {p.pid for p in self.processes if p.pid is not None}
-        self._pass_on_sighup()
 
     def keep_subprocess_alive(self) -> None:
         super().keep_subprocess_alive()
         self._pass_on_sighup()
 
     def _pass_on_sighup(self) -> None:
-        if not self._reload_pending:
+        if self.should_exit.is_set():
+            # Stopping: a worker past its lifespan has no SIGHUP handler any more.
+            self._reload_pending.clear()
             return
         for process in self.processes:
             pid = process.pid
+            if pid not in self._reload_pending or process.exitcode is not None:
+                continue
             # Before it is ready a worker has no SIGHUP handler, and the signal would kill it.
-            if pid in self._reload_pending and process.is_ready(timeout=1):
+            if not process.is_ready(timeout=self.config.timeout_worker_healthcheck):
+                if pid not in self._reload_waiting:
+                    self._reload_waiting.add(pid)
+                    _supervisor_log.info("SIGHUP waits for worker [%d] to finish starting", pid)
+                continue
+            try:
                 os.kill(pid, signal.SIGHUP)
-                self._reload_pending.discard(pid)
+            except ProcessLookupError:
+                pass  # it ended meanwhile; its replacement reads the settings afresh
+            else:
                 _supervisor_log.info("Passed SIGHUP on to worker [%d]", pid)
+            self._reload_pending.discard(pid)
         # A worker that died meanwhile was replaced by one that read the settings afresh.
-        self._reload_pending &= {p.pid for p in self.processes}
+        alive = {p.pid for p in self.processes}
+        self._reload_pending &= alive
+        self._reload_waiting &= self._reload_pending
 
 
 def run_workers(config: uvicorn.Config) -> None:

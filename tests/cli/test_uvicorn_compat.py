@@ -34,7 +34,8 @@ def test_the_overridden_methods_exist_with_their_signatures() -> None:
 
 def test_the_supervisor_parts_used_exist_with_their_signatures() -> None:
     """ReloadingMultiprocess overrides two methods of uvicorn's supervisor and reads its
-    workers (`processes`: `pid`, `is_ready`); the behaviour is in tests/system/test_rotation.py."""
+    workers (`processes`: `pid`, `exitcode`, `is_ready`); the behaviour is tested in
+    tests/system/test_rotation.py."""
     assert list(inspect.signature(Multiprocess.__init__).parameters) == [
         "self",
         "config",
@@ -44,6 +45,7 @@ def test_the_supervisor_parts_used_exist_with_their_signatures() -> None:
     assert list(inspect.signature(Multiprocess.keep_subprocess_alive).parameters) == ["self"]
     assert list(inspect.signature(Process.is_ready).parameters) == ["self", "timeout"]
     assert isinstance(Process.pid, property)
+    assert isinstance(Process.exitcode, property)
     assert "self.processes: list[Process]" in inspect.getsource(Multiprocess.__init__)
 
 
