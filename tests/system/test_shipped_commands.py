@@ -313,7 +313,8 @@ def test_the_kubernetes_job_and_deployment_run_with_what_their_manifests_give(
     env |= {"B2_REALM": b2_url, "PORT": str(port), "ALLOW_PLAIN_HTTP": "true"}
     key = secrets_by_name["orbit-exports"]
     emulator = [DEV_CLI, "b2-emulator", "--port", str(b2_port), "--bucket", "orbit-exports"]
-    emulator += ["--key-id", key["B2_APPLICATION_KEY_ID"], "--key", key["B2_APPLICATION_KEY"]]
+    # `--key=...`: a generated key may begin with "-", which argparse would take for an option.
+    emulator += [f"--key-id={key['B2_APPLICATION_KEY_ID']}", f"--key={key['B2_APPLICATION_KEY']}"]
     command = argv(api["containers"][0]["command"])
     with (
         running(emulator, {}, tmp_path, f"{b2_url}/_emulator/health"),
