@@ -90,7 +90,7 @@ fleet-tools: ## install Debian's haproxy, pgbouncer and redis-server when missin
 # The long runs: SMOKE=1 runs each for a few seconds on a few rows (`make smoke`, run by CI),
 # so a target that breaks fails CI the day it breaks.
 FUZZ_EXAMPLES := $(if $(filter 1,$(SMOKE)),5,1000)
-FUZZ_TIME := $(if $(filter 1,$(SMOKE)),3,120)
+FUZZ_TIME := $(if $(filter 1,$(SMOKE)),10,120)
 FUZZ_PROFILE := $(if $(filter 1,$(SMOKE)),default,deep)
 
 fuzz: $(STAMP) ## schemathesis and hypothesis at depth (FUZZ_MAX_TIME s per run, default 120)
