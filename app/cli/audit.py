@@ -13,28 +13,14 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.audit.log import COLUMNS
 from app.cli.common import aware_datetime, in_transaction, uuid_argument
 from app.core.settings import Settings
 from app.db.tables import export_url_audit as audit
 
-# The fields of a record, in the order `list` prints them.
-FIELDS = [
-    "issued_at",
-    "request_id",
-    "organization_id",
-    "actor_id",
-    "auth_method",
-    "export_id",
-    "audience_id",
-    "run_id",
-    "signer",
-    "bucket_name",
-    "file_name",
-    "url_expires_at",
-    "reused",
-    "client_ip",
-    "user_agent",
-]
+# The fields of a record, in the order `list` prints them: the columns the audit writes,
+# but the row's own id.
+FIELDS = [name for name in COLUMNS if name != "id"]
 TABLE_FIELDS = ["issued_at", "actor_id", "auth_method", "export_id", "client_ip", "reused"]
 # Rows deleted per statement by `prune`, so no statement holds its locks for long.
 PRUNE_BATCH = 10_000
